@@ -1,0 +1,301 @@
+"""Reading and preparing the training (and test) data.
+
+`inspect_data` is the cheap read the driver does before any compute, to refuse bad input
+with one clear line. `prepare_data` is the full read done once per command (as a Ray
+task): it returns a `PreparedData` whose arrays are plain numpy, so fold tasks read them
+zero-copy from the object store. Categorical columns are stored as integer codes into a
+global level list (a lossless relabelling, not a fit); encoders that learn anything are
+fitted inside each fold (see tasks.features).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+SKLEARN_DATASETS = ("breast_cancer", "iris", "wine", "digits", "diabetes")
+
+
+class DataError(ValueError):
+    """A user mistake in the data (missing column, bad target...): one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: str
+    test: str | None = None
+    target: str = "target"
+    id: str | None = None
+    groups: str | None = None
+    drop: tuple[str, ...] = ()
+    categorical: tuple[str, ...] = ()
+    task: str | None = None  # None -> inferred from the target
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """What the driver learns from the cheap read: enough to validate folds and metric."""
+
+    task: str
+    n_rows: int
+    n_classes: int
+    classes: tuple  # original labels in code order; () for regression
+    y: np.ndarray  # encoded target
+    groups: np.ndarray | None
+    columns: tuple[str, ...]  # feature columns
+    test_rows: int | None
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    X: np.ndarray  # (n, p) float64; categorical columns hold codes into `categories`, NaN = missing
+    y: np.ndarray  # (n,) int64 class codes, or float64 for regression
+    columns: tuple[str, ...]
+    categories: dict[str, tuple[str, ...]]  # level lists of the categorical columns
+    task: str
+    classes: tuple  # original class labels in code order; () for regression
+    fingerprint: str
+    groups: np.ndarray | None = None
+    ids: np.ndarray | None = None
+    X_test: np.ndarray | None = None
+    test_ids: np.ndarray | None = None
+    id_column: str | None = None
+    target: str = "target"
+    meta: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        return tuple(c for c in self.columns if c in self.categories)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_table(source: str, columns: list[str] | None = None) -> pd.DataFrame:
+    """CSV or Parquet from a local path or an fsspec/pyarrow URI, or `sklearn:NAME`."""
+    if source.startswith("sklearn:"):
+        frame = _sklearn_frame(source.removeprefix("sklearn:"))
+        return frame[columns] if columns is not None else frame
+    lower = source.lower()
+    if "://" not in source and not Path(source).exists():
+        raise DataError(f"data file {source!r} does not exist")
+    try:
+        if lower.endswith((".parquet", ".pq")):
+            return pd.read_parquet(source, columns=columns)
+        if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            return pd.read_csv(source, usecols=columns, sep="\t" if lower.endswith(".tsv") else ",")
+    except FileNotFoundError:
+        raise DataError(f"data file {source!r} does not exist") from None
+    except ValueError as e:
+        raise DataError(f"cannot read {source!r}: {str(e).splitlines()[0]}") from None
+    raise DataError(f"data file {source!r}: unsupported format (use .csv, .csv.gz, .tsv, .parquet, or sklearn:NAME)")
+
+
+def read_header(source: str) -> pd.DataFrame:
+    """A few rows (all rows for built-in data) to learn the columns and their kinds cheaply."""
+    if source.startswith("sklearn:"):
+        return read_table(source)
+    if source.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        if "://" not in source and not Path(source).exists():
+            raise DataError(f"data file {source!r} does not exist")
+        try:
+            return pq.ParquetFile(source).schema_arrow.empty_table().to_pandas()
+        except (OSError, ValueError):
+            return read_table(source).head(0)
+    if "://" not in source and not Path(source).exists():
+        raise DataError(f"data file {source!r} does not exist")
+    try:
+        return pd.read_csv(source, nrows=1000, sep="\t" if source.lower().endswith(".tsv") else ",")
+    except FileNotFoundError:
+        raise DataError(f"data file {source!r} does not exist") from None
+    except (ValueError, pd.errors.ParserError) as e:
+        raise DataError(f"cannot read {source!r}: {str(e).splitlines()[0]}") from None
+
+
+def _sklearn_frame(name: str) -> pd.DataFrame:
+    import sklearn.datasets as ds
+
+    if name not in SKLEARN_DATASETS:
+        raise DataError(f"unknown built-in dataset 'sklearn:{name}' (valid: {', '.join('sklearn:' + n for n in SKLEARN_DATASETS)})")
+    bunch = getattr(ds, f"load_{name}")(as_frame=True)
+    frame = bunch.frame.copy()
+    if "target" not in frame.columns:
+        frame["target"] = bunch.target
+    return frame
+
+
+# --------------------------------------------------------------------------- the cheap check
+
+
+def inspect_data(config: DataConfig) -> DataSummary:
+    """Validate columns and target with the cheapest read that can; raise DataError."""
+    header = read_header(config.train)
+    names = list(header.columns)
+    for key, col in (("data.target", config.target), ("data.id", config.id), ("data.groups", config.groups)):
+        if col is not None and col not in names:
+            raise DataError(f"{key}: column {col!r} is not in {config.train!r} (columns: {_preview(names)})")
+    for col in config.drop + config.categorical:
+        if col not in names:
+            raise DataError(f"features: column {col!r} is not in {config.train!r} (columns: {_preview(names)})")
+    needed = [c for c in (config.target, config.id, config.groups) if c is not None]
+    frame = header if config.train.startswith("sklearn:") else read_table(config.train, columns=needed)
+    if len(frame) == 0:
+        raise DataError(f"{config.train!r} has no rows")
+    task = config.task or infer_task(frame[config.target])
+    y, classes = encode_target(frame[config.target], task, config.target)
+    if config.id is not None and frame[config.id].duplicated().any():
+        dup = frame[config.id][frame[config.id].duplicated()].iloc[0]
+        raise DataError(f"data.id: column {config.id!r} has duplicate value {dup!r}; ids must be unique")
+    groups = frame[config.groups].to_numpy() if config.groups else None
+    if groups is not None and pd.isna(groups).any():
+        raise DataError(f"data.groups: column {config.groups!r} has missing values")
+    features = feature_columns(names, config)
+    if not features:
+        raise DataError(f"{config.train!r} has no feature columns left after target/id/groups/drop")
+    test_rows = None
+    if config.test is not None:
+        test_header = read_header(config.test)
+        _check_test_columns(header, test_header, features, config)
+        test_rows = None  # counted by prepare; the header read is deliberately partial
+    return DataSummary(task=task, n_rows=len(frame), n_classes=len(classes), classes=classes, y=y, groups=groups,
+                       columns=tuple(features), test_rows=test_rows)
+
+
+def _check_test_columns(train: pd.DataFrame, test: pd.DataFrame, features: list[str], config: DataConfig) -> None:
+    missing = [c for c in features if c not in test.columns]
+    allowed = set(features) | {c for c in (config.id, config.target, config.groups) if c} | set(config.drop)
+    extra = [c for c in test.columns if c not in allowed]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {_preview(missing)}")
+        if extra:
+            parts.append(f"not in train {_preview(extra)}")
+        raise DataError(f"data.test: test columns differ from train: {'; '.join(parts)}")
+    if config.id is not None and config.id not in test.columns:
+        raise DataError(f"data.test: id column {config.id!r} is missing from the test file (needed for the submission)")
+    for col in features:
+        if len(train) and len(test) and _kind(train[col]) != _kind(test[col]) and not (
+            test[col].isna().all() or train[col].isna().all()
+        ):
+            raise DataError(f"data.test: column {col!r} is {_kind(train[col])} in train but {_kind(test[col])} in test")
+
+
+def _kind(s: pd.Series) -> str:
+    return "numeric" if pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s) else "text/categorical"
+
+
+def _preview(items: list[str], n: int = 8) -> str:
+    shown = ", ".join(map(str, items[:n]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+def feature_columns(names: list[str], config: DataConfig) -> list[str]:
+    skip = {c for c in (config.target, config.id, config.groups) if c} | set(config.drop)
+    return [c for c in names if c not in skip]
+
+
+def infer_task(target: pd.Series) -> str:
+    values = target.dropna()
+    n_unique = values.nunique()
+    if n_unique <= 2:
+        return "binary"
+    if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+        return "multiclass"
+    integral = bool(np.all(np.equal(np.mod(values.to_numpy(dtype=float), 1), 0)))
+    return "multiclass" if integral and n_unique <= 20 else "regression"
+
+
+def encode_target(target: pd.Series, task: str, name: str) -> tuple[np.ndarray, tuple]:
+    """Class codes in sorted label order (as LabelEncoder), or float values."""
+    if target.isna().any():
+        raise DataError(f"data.target: column {name!r} has {int(target.isna().sum())} missing value(s); "
+                        "drop those rows or fill them")
+    if task == "regression":
+        if not pd.api.types.is_numeric_dtype(target):
+            raise DataError(f"data.target: column {name!r} is not numeric, but the task is regression")
+        y = target.to_numpy(dtype=np.float64)
+        if not np.isfinite(y).all():
+            raise DataError(f"data.target: column {name!r} has infinite value(s)")
+        return y, ()
+    if pd.api.types.is_numeric_dtype(target) and not np.isfinite(target.to_numpy(dtype=float)).all():
+        raise DataError(f"data.target: column {name!r} has infinite value(s)")
+    classes, codes = np.unique(target.to_numpy(), return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(f"data.target: column {name!r} is constant ({classes[0]!r}); nothing to learn")
+    if task == "binary" and len(classes) != 2:
+        raise DataError(f"task: binary, but data.target {name!r} has {len(classes)} classes (use multiclass)")
+    return codes.astype(np.int64), tuple(c.item() if hasattr(c, "item") else c for c in classes)
+
+
+# --------------------------------------------------------------------------- the full read
+
+
+def prepare_data(config: DataConfig) -> PreparedData:
+    """Read train (+ test) once and turn them into numpy arrays fold tasks can share."""
+    train = read_table(config.train)
+    test = read_table(config.test) if config.test else None
+    task = config.task or infer_task(train[config.target])
+    y, classes = encode_target(train[config.target], task, config.target)
+    features = feature_columns(list(train.columns), config)
+    categories: dict[str, tuple[str, ...]] = {}
+    X = np.empty((len(train), len(features)), dtype=np.float64, order="F")
+    X_test = np.empty((len(test), len(features)), dtype=np.float64, order="F") if test is not None else None
+    for j, col in enumerate(features):
+        is_cat = col in config.categorical or not (
+            pd.api.types.is_numeric_dtype(train[col]) or pd.api.types.is_bool_dtype(train[col])
+            or pd.api.types.is_datetime64_any_dtype(train[col])
+        )
+        if is_cat:
+            both = pd.concat([train[col], test[col]]) if test is not None else train[col]
+            levels = sorted({str(v) for v in both.dropna().unique()})
+            categories[col] = tuple(levels)
+            lookup = {v: i for i, v in enumerate(levels)}
+            X[:, j] = _codes(train[col], lookup)
+            if X_test is not None:
+                X_test[:, j] = _codes(test[col], lookup)
+        else:
+            X[:, j] = _numeric(train[col])
+            if X_test is not None:
+                X_test[:, j] = _numeric(test[col])
+    X = np.ascontiguousarray(X)
+    X_test = np.ascontiguousarray(X_test) if X_test is not None else None
+    groups = train[config.groups].to_numpy() if config.groups else None
+    ids = train[config.id].to_numpy() if config.id else None
+    test_ids = test[config.id].to_numpy() if (test is not None and config.id) else None
+    return PreparedData(
+        X=X, y=y, columns=tuple(features), categories=categories, task=task, classes=classes,
+        fingerprint=fingerprint(X, y, features, X_test), groups=groups, ids=ids, X_test=X_test,
+        test_ids=test_ids, id_column=config.id, target=config.target,
+    )
+
+
+def _codes(values: pd.Series, lookup: dict[str, int]) -> np.ndarray:
+    return values.map(lambda v: np.nan if pd.isna(v) else lookup[str(v)]).to_numpy(dtype=np.float64)
+
+
+def _numeric(values: pd.Series) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return (values.astype("int64") / 1e9).to_numpy(dtype=np.float64)
+    out = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    if np.isinf(out).any():
+        out = np.where(np.isinf(out), np.nan, out)  # inf in a feature is treated as missing
+    return out
+
+
+def fingerprint(X: np.ndarray, y: np.ndarray, columns: list[str], X_test: np.ndarray | None) -> str:
+    h = hashlib.sha256()
+    for part in (X, y, X_test if X_test is not None else np.empty(0)):
+        h.update(np.ascontiguousarray(part).tobytes())
+    h.update("\x1f".join(columns).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,74 @@
+"""Scoring predictions with sklearn's scorers, in the scorer's own sign.
+
+foldwise works on stored predictions (OOF, blends), not on fitted estimators, so it
+calls the scorer's underlying metric on those predictions exactly as the scorer would:
+same function, same kwargs, same sign. Greater is therefore always better.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from sklearn.metrics import get_scorer, get_scorer_names
+
+METRIC_NAMES: tuple[str, ...] = tuple(sorted(get_scorer_names()))
+
+DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "neg_root_mean_squared_error"}
+
+_REGRESSION_PREFIXES = ("neg_mean", "neg_median", "neg_root_mean", "neg_max_error", "r2", "explained_variance",
+                        "max_error", "d2_", "neg_mean_poisson", "neg_mean_gamma")
+_CLUSTERING = ("adjusted_", "completeness", "fowlkes", "homogeneity", "mutual_info", "normalized_mutual",
+               "rand_score", "v_measure")
+
+
+@cache
+def _scorer(name: str):  # noqa: ANN202 - sklearn's private _Scorer type
+    return get_scorer(name)
+
+
+def response_of(metric: str) -> str:
+    """'predict' (labels/values) or 'proba' (probabilities/scores)."""
+    method = _scorer(metric)._response_method
+    methods = method if isinstance(method, tuple) else (method,)
+    return "predict" if methods == ("predict",) else "proba"
+
+
+def score(metric: str, task: str, y_true: np.ndarray, pred: np.ndarray) -> float:
+    """Score `pred` (see tasks.models: (n,) or (n, K)) against encoded `y_true`."""
+    s = _scorer(metric)
+    if response_of(metric) == "predict" and task != "regression":
+        pred = labels_of(pred, task)
+    return float(s._sign * s._score_func(y_true, pred, **s._kwargs))
+
+
+def labels_of(pred: np.ndarray, task: str) -> np.ndarray:
+    if task == "binary":
+        return (np.asarray(pred) > 0.5).astype(int)
+    return np.asarray(pred).argmax(axis=1)
+
+
+def check_metric(metric: str, task: str, n_classes: int) -> str | None:
+    """None if `metric` can score this task, else the reason (checked on a tiny sample)."""
+    if metric.startswith(_CLUSTERING):
+        return f"metric {metric!r} is a clustering metric; foldwise scores supervised predictions"
+    is_regression_metric = metric.startswith(_REGRESSION_PREFIXES)
+    if task == "regression" and not is_regression_metric:
+        return f"metric {metric!r} is for classification, but the task is regression (try r2 or neg_root_mean_squared_error)"
+    if task != "regression" and is_regression_metric:
+        return f"metric {metric!r} is for regression, but the task is {task} (try {DEFAULT_METRIC[task]})"
+    rng = np.random.default_rng(0)
+    k = max(n_classes, 2)
+    y = np.arange(24) % k if task != "regression" else rng.normal(size=24)
+    if task == "binary":
+        pred = rng.uniform(size=24)
+    elif task == "multiclass":
+        pred = rng.dirichlet(np.ones(k), size=24)
+    else:
+        pred = y + rng.normal(size=24)
+    try:
+        score(metric, task, y, pred)
+    except Exception as e:  # noqa: BLE001 - any failure means "unfit for this task"
+        hint = " (for multiclass AUC use roc_auc_ovr)" if metric.startswith("roc_auc") else ""
+        return f"metric {metric!r} cannot score a {task} task: {str(e).splitlines()[0]}{hint}"
+    return None

@@ -1,0 +1,89 @@
+"""Model adapters behind one small Protocol.
+
+An adapter is constructed with the model's narrow config and the fold's context, then
+`fit(X, y)` and `predict(X)`. `predict` returns P(class 1) with shape (n,) for binary
+tasks, class probabilities (n, K) for multiclass (columns in encoded class order) and
+values (n,) for regression. Users plug their own adapter with `type: pkg.module:Class`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
+
+# Lazy import paths, so that loading a spec never imports torch or lightgbm needlessly.
+BUILTIN_MODEL_TYPES: dict[str, str] = {
+    "sklearn": "tasks.models.sklearn_model:SklearnModel",
+    "lightgbm": "tasks.models.lightgbm_model:LightGBMModel",
+    "torch_mlp": "tasks.models.torch_mlp:TorchMLPModel",
+}
+
+# Preprocessing steps for numeric columns, fitted inside the fold (sklearn-type models).
+PREPROCESS_STEPS: tuple[str, ...] = (
+    "standard_scaler",
+    "minmax_scaler",
+    "robust_scaler",
+    "quantile_normal",
+    "median_imputer",
+    "mean_imputer",
+)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a fold task needs to know about one model from the spec."""
+
+    name: str
+    type: str
+    params: dict[str, Any] = field(default_factory=dict)
+    estimator: str | None = None
+    preprocess: tuple[str, ...] = ()
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """Facts about the task and the slot a fold runs in."""
+
+    task: str  # binary | multiclass | regression
+    n_classes: int  # 0 for regression
+    categorical: tuple[str, ...]  # categorical column names (pandas category dtype in X)
+    seed: int
+    n_threads: int = 1
+    gpus: float = 0.0
+
+
+@runtime_checkable
+class Model(Protocol):
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> None: ...
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray: ...
+
+
+def resolve_model_class(type_name: str) -> type:
+    """A builtin name or 'package.module:ClassName' -> the adapter class."""
+    path = BUILTIN_MODEL_TYPES.get(type_name, type_name)
+    module_name, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def create_model(config: ModelConfig, ctx: FitContext) -> Model:
+    model = resolve_model_class(config.type)(config, ctx)
+    if not isinstance(model, Model):
+        raise TypeError(f"model adapter {config.type!r} must define fit(X, y) and predict(X)")
+    return model
+
+
+def inner_split(y: np.ndarray, task: str, seed: int, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the *training* folds used for early stopping: never the held-out fold."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    stratify = y if task != "regression" and np.bincount(y.astype(int)).min() >= 2 else None
+    fit_idx, stop_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
+    return np.sort(fit_idx), np.sort(stop_idx)

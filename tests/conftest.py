@@ -1,0 +1,41 @@
+"""Shared fixtures: one local Ray per test session (num_cpus=2), and one real end-to-end
+run of the breast-cancer example that many tests read (Metaflow-style)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "workflows" / "examples"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("foldwise")
+
+
+@pytest.fixture(scope="session")
+def breast_cancer_run(ray_cluster, session_dir):
+    """The README's main job, run once through the Python API on the session cluster."""
+    from workflows.cv import run_cv
+
+    uri = f"sqlite:///{session_dir / 'mlflow.db'}"
+    return run_cv(EXAMPLES / "breast_cancer.yaml", out=session_dir / "bc-out", tracking_uri=uri)
+
+
+def store_state(db: Path) -> bytes | None:
+    """The sqlite store's bytes (None when absent): 'nothing logged' means this is unchanged."""
+    return db.read_bytes() if db.exists() else None
