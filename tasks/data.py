@@ -155,6 +155,7 @@ def inspect_data(config: DataConfig) -> DataSummary:
     y, classes = encode_target(frame[config.target], task, config.target)
     if config.id is not None and frame[config.id].duplicated().any():
         dup = frame[config.id][frame[config.id].duplicated()].iloc[0]
+        dup = dup.item() if hasattr(dup, "item") else dup
         raise DataError(f"data.id: column {config.id!r} has duplicate value {dup!r}; ids must be unique")
     groups = frame[config.groups].to_numpy() if config.groups else None
     if groups is not None and pd.isna(groups).any():

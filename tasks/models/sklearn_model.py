@@ -1,0 +1,62 @@
+"""Any scikit-learn estimator by import path, with the spec's preprocessing fitted in the fold."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import numpy as np
+import pandas as pd
+
+from tasks.features import column_kinds, preprocessor
+from tasks.models import FitContext, ModelConfig
+
+
+def estimator_class(path: str) -> type:
+    module_name, _, attr = path.replace(":", ".").rpartition(".")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def check_params(path: str, params: dict) -> str | None:
+    """The first param the estimator does not accept, as a message; None if all are fine."""
+    accepted = estimator_class(path)().get_params()
+    for name in params:
+        if name not in accepted:
+            return f"estimator {path} has no parameter {name!r} (valid: {', '.join(sorted(accepted))})"
+    return None
+
+
+class SklearnModel:
+    def __init__(self, config: ModelConfig, ctx: FitContext) -> None:
+        self.config, self.ctx = config, ctx
+        cls = estimator_class(config.estimator or "")
+        params = dict(config.params)
+        accepted = inspect.signature(cls).parameters
+        # The seed comes from the spec unless the user set one. Threads are left to the
+        # slot: Ray sets OMP_NUM_THREADS to the task's cpus.
+        if "random_state" in accepted and "random_state" not in params:
+            params["random_state"] = ctx.seed
+        self.estimator = cls(**params)
+        self.pipeline = None
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        from sklearn.pipeline import Pipeline
+
+        numeric, categorical = column_kinds(X)
+        has_nan = bool(X[numeric].isna().to_numpy().any()) if numeric else False
+        prep = preprocessor(self.config.preprocess, numeric, categorical, has_nan)
+        self.pipeline = Pipeline([("prep", prep), ("model", self.estimator)])
+        self.pipeline.fit(X, y)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        if self.ctx.task == "regression":
+            return np.asarray(self.pipeline.predict(X), dtype=np.float64)
+        proba = self.pipeline.predict_proba(X)
+        return _align_proba(proba, self.pipeline.classes_, self.ctx)
+
+
+def _align_proba(proba: np.ndarray, seen: np.ndarray, ctx: FitContext) -> np.ndarray:
+    """Columns for every class, even those absent from this fold's training rows."""
+    full = np.zeros((len(proba), ctx.n_classes))
+    full[:, np.asarray(seen, dtype=int)] = proba
+    return full[:, 1] if ctx.task == "binary" else full

@@ -1,0 +1,141 @@
+"""Where tasks run: Ray (the default) or in-process (`--executor local`, for pdb).
+
+This is the only module that calls Ray. Workflows submit plain functions from `tasks`
+with the resources they need; arguments that are handles from earlier submissions are
+passed by reference (Ray resolves them zero-copy from the object store), so a DAG reads
+the same on both executors.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+
+class TaskFailed(RuntimeError):
+    """A task raised: names the task and the error's last line (no Ray wrapping noise)."""
+
+    def __init__(self, task: str, error: str) -> None:
+        super().__init__(f"{task} failed: {error}")
+        self.task, self.error = task, error
+
+
+@dataclass(frozen=True)
+class Slot:
+    cpus: float = 1.0
+    gpus: float = 0.0
+    retries: int = 3  # on worker/node death only; a raising task is never retried
+
+
+class RayExecutor:
+    """Submits to a Ray cluster: the one at `address`, the one already initialised, or a new local one."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        import ray
+
+        self._ray = ray
+        start = time.perf_counter()
+        self.owns_cluster = not ray.is_initialized()
+        if self.owns_cluster:
+            ray.init(address=address, num_cpus=num_cpus if address is None else None,
+                     include_dashboard=False, logging_level="ERROR", log_to_driver=True,
+                     configure_logging=True)
+        self.startup_seconds = time.perf_counter() - start
+        self._remote: dict[Callable, Any] = {}
+        self._names: dict[Any, str] = {}
+
+    def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
+        remote = self._remote.get(fn)
+        if remote is None:
+            remote = self._remote[fn] = self._ray.remote(fn)
+        label = name or fn.__name__
+        ref = remote.options(num_cpus=slot.cpus, num_gpus=slot.gpus, max_retries=slot.retries,
+                             retry_exceptions=False, name=label).remote(*args)
+        self._names[ref] = label
+        return ref
+
+    def get(self, handle: Any) -> Any:
+        return self._unwrap(handle)
+
+    def as_completed(self, handles: list[Any]) -> Iterator[tuple[Any, Any]]:
+        pending = list(handles)
+        while pending:
+            done, pending = self._ray.wait(pending, num_returns=1)
+            yield done[0], self._unwrap(done[0])
+
+    def cancel(self, handles: list[Any]) -> None:
+        for h in handles:
+            self._ray.cancel(h, force=False)
+
+    def _unwrap(self, handle: Any) -> Any:
+        try:
+            return self._ray.get(handle)
+        except self._ray.exceptions.RayTaskError as e:
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            raise TaskFailed(self._names.get(handle, "task"), _last_line(cause)) from None
+        except self._ray.exceptions.RayError as e:
+            raise TaskFailed(self._names.get(handle, "task"), _last_line(e)) from None
+
+    def close(self) -> None:
+        if self.owns_cluster:
+            self._ray.shutdown()
+
+
+class LocalHandle:
+    def __init__(self, fn: Callable, args: tuple, name: str) -> None:
+        self.fn, self.args, self.name = fn, args, name
+        self._done, self._value, self._error = False, None, None
+
+    def result(self) -> Any:
+        if not self._done:
+            args = [a.result() if isinstance(a, LocalHandle) else a for a in self.args]
+            try:
+                self._value = self.fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported like Ray's executor does
+                self._error = TaskFailed(self.name, _last_line(e))
+                self._error.__cause__ = e
+            self._done = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class LocalExecutor:
+    """Runs the same DAG in this process, in submission order (set breakpoints in tasks)."""
+
+    name = "local"
+    startup_seconds = 0.0
+
+    def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> LocalHandle:
+        return LocalHandle(fn, args, name or fn.__name__)
+
+    def get(self, handle: LocalHandle) -> Any:
+        return handle.result()
+
+    def as_completed(self, handles: list[LocalHandle]) -> Iterator[tuple[LocalHandle, Any]]:
+        for h in handles:
+            yield h, h.result()
+
+    def cancel(self, handles: list[LocalHandle]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def make_executor(kind: str = "ray", address: str | None = None) -> RayExecutor | LocalExecutor:
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "ray":
+        return RayExecutor(address=address or os.environ.get("RAY_ADDRESS") or None)
+    raise ValueError(f"unknown executor {kind!r} (valid: ray, local)")
+
+
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".rstrip(": ")
