@@ -1,0 +1,115 @@
+"""Bad input: exit 2, one clear line naming the key/column, nothing logged, nothing written."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import store_state
+from workflows.cli import main
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("bad-data")
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"id": range(60), "a": rng.normal(size=60), "b": rng.normal(size=60),
+                          "g": np.repeat(np.arange(6), 10), "y": rng.integers(0, 2, size=60)})
+    train.to_csv(d / "train.csv", index=False)
+    train.drop(columns=["y"]).to_csv(d / "test.csv", index=False)
+    train.drop(columns=["y", "b"]).assign(c=1.0).to_csv(d / "test_other_cols.csv", index=False)
+    train.assign(y=train.y.astype(float).where(train.index != 5)).to_csv(d / "nan_target.csv", index=False)
+    train.assign(y=train.y.astype(float).where(train.index != 5, np.inf)).to_csv(d / "inf_target.csv", index=False)
+    train.assign(y=np.where(train.index < 3, 2, train.y)).to_csv(d / "rare_class.csv", index=False)
+    (d / "malformed.yaml").write_text("name: x\nmodels: [\n  - {name: a\n")
+    return d
+
+
+def spec_file(d: Path, name: str, **changes) -> Path:
+    spec = {"name": "bad", "data": {"train": str(d / "train.csv"), "target": "y", "id": "id"},
+            "cv": {"folds": 3},
+            "models": [{"name": "lr", "type": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression"}]}
+    for key, value in changes.items():
+        node = spec
+        *path, last = key.split("__")
+        for part in path:
+            node = node[int(part)] if isinstance(node, list) else node.setdefault(part, {})
+        node[last] = value
+    path = d / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+CASES = {
+    "unknown spec key": (dict(cvv={"folds": 3}), [], "'cvv' is not allowed"),
+    "malformed yaml": (None, [], "not valid YAML at line"),
+    "missing data file": (dict(data__train="/nonexistent/train.csv"), [], "'/nonexistent/train.csv' does not exist"),
+    "target column missing": (dict(data__target="label"), [], "data.target: column 'label' is not in"),
+    "nan target": (dict(data__train="nan_target.csv"), [], "data.target: column 'y' has 1 missing value"),
+    "inf target": (dict(data__train="inf_target.csv"), ["task=binary"], "data.target: column 'y' has infinite value"),
+    "rare class": (dict(data__train="rare_class.csv"), ["cv.folds=5"], "class 2 of the target has 3 member(s), fewer than cv.folds=5"),
+    "group scheme without groups": (dict(), ["cv.scheme=group"], "cv.scheme 'group' needs data.groups"),
+    "groups column missing": (dict(data__groups="team"), ["cv.scheme=group"], "data.groups: column 'team' is not in"),
+    "test columns differ": (dict(data__test="test_other_cols.csv"), [], "test columns differ from train: missing b; not in train c"),
+    "unknown model type": (dict(), ["models.0.type=catboost"], "unknown model type 'catboost'"),
+    "unknown estimator": (dict(), ["models.0.estimator=sklearn.linear_model.Logistic"], "has no 'Logistic'"),
+    "unknown estimator param": (dict(), ["models.0.params.CC=1"], "has no parameter 'CC'"),
+    "unknown metric": (dict(), ["metric=auc"], "unknown metric 'auc'"),
+    "metric unfit for task": (dict(), ["metric=r2"], "metric 'r2' is for regression, but the task is binary"),
+    "duplicate model names": (dict(models=[{"name": "lr", "type": "lightgbm"}, {"name": "lr", "type": "lightgbm"}]), [],
+                              "duplicate model name(s) lr"),
+    "folds < 2": (dict(), ["cv.folds=1"], "spec key 'cv.folds': must be at least 2"),
+    "folds > rows": (dict(), ["cv.folds=61", "cv.scheme=kfold"], "cv.folds=61 is more than the 60 rows"),
+    "bad override": (dict(), ["models.3.name=x"], "needs a list index below 1"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_and_logs_nothing(case: str, data_dir: Path, tmp_path: Path, capsys) -> None:
+    changes, overrides, needle = CASES[case]
+    if changes is None:
+        spec = data_dir / "malformed.yaml"
+    else:
+        fixed = {k: (str(data_dir / v) if k.startswith("data__") and v.endswith(".csv") and "/" not in v else v)
+                 for k, v in changes.items()}
+        spec = spec_file(data_dir, case.replace(" ", "_"), **fixed)
+    db = tmp_path / "mlflow.db"
+    out = tmp_path / "out"
+    argv = ["run", str(spec), "--tracking-uri", f"sqlite:///{db}", "--out", str(out), "--no-progress"]
+    for o in overrides:
+        argv += ["--set", o]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert err.count("\n") == 0 and err.startswith("foldwise: error: "), err
+    assert needle in err
+    assert "Traceback" not in err
+    assert not db.exists(), "bad input must not create or touch the MLflow store"
+    assert not out.exists(), "bad input must write nothing"
+
+
+def test_bad_input_leaves_an_existing_store_unchanged(breast_cancer_run, session_dir: Path, data_dir: Path, capsys) -> None:
+    db = session_dir / "mlflow.db"
+    before = store_state(db)
+    assert before is not None
+    code = main(["run", str(spec_file(data_dir, "bad_metric")), "--set", "metric=r2",
+                 "--tracking-uri", f"sqlite:///{db}", "--no-progress"])
+    assert code == 2
+    assert store_state(db) == before
+
+
+def test_console_script_prints_one_line_without_traceback(data_dir: Path, tmp_path: Path) -> None:
+    """The real `foldwise` entry point, as a user runs it."""
+    exe = Path(sys.executable).with_name("foldwise")
+    spec = spec_file(data_dir, "cli_bad", data__target="label")
+    proc = subprocess.run([str(exe), "run", str(spec), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"foldwise: error: data.target: column 'label' is not in {str(data_dir / 'train.csv')!r} (columns: id, a, b, g, y)"
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "outputs").exists()

@@ -1,0 +1,290 @@
+"""`foldwise run`: spec -> Ray DAG of fold tasks -> OOF -> ensemble -> outputs, tracked in MLflow.
+
+The DAG reads top to bottom in `_cv_dag`: prepare once, plan folds once, one
+`train_fold` per model x fold (all submitted at once so Ray packs them into the free
+slots), gather as they finish, then blend on OOF only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tasks.data import PreparedData, prepare_data
+from tasks.ensemble import EnsembleResult, blend
+from tasks.folds import FoldPlan, plan_folds
+from tasks.models import ModelConfig
+from tasks.report import (
+    LeaderboardRow,
+    leaderboard_markdown,
+    oof_frame,
+    submission_frame,
+    test_frame,
+)
+from tasks.train import FoldResult, train_fold
+from workflows import tracking as tk
+from workflows.check import Inputs, validate_inputs
+from workflows.executor import LocalExecutor, RayExecutor, Slot, TaskFailed, make_executor
+from workflows.provenance import code_version, git_commit
+from workflows.spec import WorkflowSpec, load_spec, to_yaml
+
+
+class RunFailed(RuntimeError):
+    """Failed while running (exit 1): the MLflow run is marked FAILED."""
+
+    def __init__(self, message: str, run_id: str | None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+@dataclass(frozen=True)
+class CVResult:
+    """What `foldwise run` produces: the summary.json data plus the OOF frame."""
+
+    summary: dict[str, Any]
+    oof: pd.DataFrame
+    out_dir: Path
+    leaderboard: str = ""
+    fold_results: tuple[FoldResult, ...] = field(default=(), repr=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.summary["run_id"]
+
+    @property
+    def cv_score(self) -> float:
+        return self.summary["ensemble"]["cv_score"]
+
+
+@dataclass(frozen=True)
+class DagOutput:
+    data: PreparedData
+    plan: FoldPlan
+    folds: dict[str, list[FoldResult]]  # model -> results in fold order
+    ensemble: EnsembleResult
+    phases: dict[str, float]  # seconds per DAG stage, for benchmarks and users' curiosity
+
+
+def model_config(spec_model: Any) -> ModelConfig:
+    return ModelConfig(name=spec_model.name, type=spec_model.type, params=dict(spec_model.params),
+                       estimator=spec_model.estimator, preprocess=tuple(spec_model.preprocess),
+                       cpus=spec_model.resources.cpus, gpus=spec_model.resources.gpus)
+
+
+def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
+           tracking_uri: str | None = None, address: str | None = None, executor: str = "ray",
+           progress: bool = False) -> CVResult:
+    """The Python API of `foldwise run` (same data as summary.json, plus the OOF frame).
+
+    Raises SpecError/InputError (nothing started, nothing logged) or RunFailed.
+    """
+    wall_start = time.perf_counter()
+    if not isinstance(spec, WorkflowSpec):
+        spec = load_spec(spec, overrides)
+    inputs = validate_inputs(spec)
+    models = [model_config(m) for m in spec.models]
+    phases = {"validate": time.perf_counter() - wall_start}
+    ex = make_executor(executor, address)
+    tick = time.perf_counter()
+    tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
+    tags = {tk.TAG_COMMAND: "run", tk.TAG_GIT: git_commit(), tk.TAG_CODE: code_version(models)}
+    parent = tracker.start_run(f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
+    children = {m.name: tracker.start_run(m.name, {**tags, tk.TAG_MODEL: m.name}, parent_id=parent) for m in models}
+    phases["tracking_setup"] = time.perf_counter() - tick
+    ok = False
+    try:
+        tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {"task": inputs.task,
+                                                                                  "metric": inputs.metric,
+                                                                                  "cv.scheme": inputs.scheme})
+        dag = _cv_dag(ex, spec, inputs, models, tracker, children, progress)
+        result = _finish(spec, inputs, models, dag, tracker, parent, children, out, ex.startup_seconds, wall_start,
+                         phases | dag.phases)
+        ok = True
+        return result
+    except TaskFailed as e:
+        raise RunFailed(_describe_failure(e), parent) from None
+    except KeyboardInterrupt:
+        raise RunFailed("interrupted", parent) from None
+    except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
+        raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
+    finally:
+        for run_id in children.values():
+            if tracker.run_status(run_id) == "RUNNING":
+                tracker.finish(run_id, ok)
+        tracker.finish(parent, ok)
+        ex.close()
+
+
+def _cv_dag(ex: RayExecutor | LocalExecutor, spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig],
+            tracker: tk.Tracker, children: dict[str, str], progress: bool) -> DagOutput:
+    seed = spec.cv.seed
+    tick = time.perf_counter()
+    prepared = ex.submit(prepare_data, inputs.data, name="prepare")
+    plan_ref = ex.submit(plan_folds, prepared, inputs.scheme, spec.cv.folds, seed, name="assign_folds")
+    plan: FoldPlan = ex.get(plan_ref)
+    phases = {"prepare": time.perf_counter() - tick}
+    tick = time.perf_counter()
+    fits = {
+        ex.submit(train_fold, prepared, plan_ref, m, k, inputs.metric, seed, slot=Slot(m.cpus, m.gpus),
+                  name=f"train_fold[model={m.name}, fold={k}]"): (m.name, k)
+        for m in models for k in range(plan.n_folds)
+    }
+    folds: dict[str, list[FoldResult | None]] = {m.name: [None] * plan.n_folds for m in models}
+    with _progress_bar(progress, len(fits)) as bar:
+        try:
+            for handle, result in ex.as_completed(list(fits)):
+                folds[result.model][result.fold] = result
+                tracker.log_step(children[result.model], tk.M_FOLD_SCORE, result.score, step=result.fold)
+                bar.advance(f"{result.model} fold {result.fold}: {result.score:.5f}")
+        except TaskFailed:
+            ex.cancel(list(fits))
+            raise
+    phases["train_folds"] = time.perf_counter() - tick
+    tick = time.perf_counter()
+    data: PreparedData = ex.get(prepared)
+    done = {name: [r for r in rs if r is not None] for name, rs in folds.items()}
+    names = spec.ensemble.models or [m.name for m in models]
+    oof = {n: _assemble_oof(done[n], len(data.y)) for n in names}
+    test = {n: _average_test(done[n]) for n in names} if data.X_test is not None else None
+    ens = ex.get(ex.submit(blend, spec.ensemble.method, oof, test, data.y, plan, inputs.metric, data.task, seed,
+                           spec.ensemble.meta, dict(spec.ensemble.params), name="ensemble"))
+    phases["ensemble"] = time.perf_counter() - tick
+    return DagOutput(data=data, plan=plan, folds=done, ensemble=ens, phases=phases)
+
+
+def _assemble_oof(results: list[FoldResult], n_rows: int) -> np.ndarray:
+    """Stitch the held-out predictions; rows never held out (time scheme) stay NaN."""
+    first = results[0].oof
+    oof = np.full((n_rows, *first.shape[1:]), np.nan)
+    for r in results:
+        oof[r.valid_rows] = r.oof
+    return oof
+
+
+def _average_test(results: list[FoldResult]) -> np.ndarray:
+    return np.mean([r.test for r in results], axis=0)
+
+
+def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: DagOutput, tracker: tk.Tracker,
+            parent: str, children: dict[str, str], out: str | Path | None, startup_seconds: float,
+            wall_start: float, phases: dict[str, float]) -> CVResult:
+    tick = time.perf_counter()
+    data, plan, ens = dag.data, dag.plan, dag.ensemble
+    out_dir = Path(out) if out else Path("outputs") / spec.name / parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_summaries = {}
+    rows = []
+    for m in models:
+        rs = dag.folds[m.name]
+        scores = [r.score for r in rs]
+        model_summaries[m.name] = {
+            "cv_score": float(np.mean(scores)), "fold_scores": scores,
+            "fit_seconds": [r.fit_seconds for r in rs], "predict_seconds": [r.predict_seconds for r in rs],
+            "model_bytes": [r.model_bytes for r in rs], "cached": [False] * len(rs),
+        }
+        rows.append(LeaderboardRow(m.name, float(np.mean(scores)), tuple(scores), sum(r.fit_seconds for r in rs)))
+        tracker.log(children[m.name],
+                    params=tk.flatten({"model": _model_params(m)}) | {"metric": inputs.metric, "cv.scheme": plan.scheme,
+                                                                     "cv.folds": plan.n_folds, "cv.seed": plan.seed},
+                    metrics={tk.M_CV_SCORE: float(np.mean(scores)), tk.M_MODEL_BYTES: float(np.mean([r.model_bytes for r in rs]))},
+                    tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint},
+                    steps={tk.M_FIT_SECONDS: [r.fit_seconds for r in rs], tk.M_PREDICT_SECONDS: [r.predict_seconds for r in rs]})
+        tracker.finish(children[m.name], ok=True)
+    if len(models) > 1:
+        rows.append(LeaderboardRow(f"ensemble ({ens.method})", ens.cv_score, tuple(ens.fold_scores), 0.0,
+                                   note=", ".join(f"{k}={v:.2f}" for k, v in ens.weights.items())))
+    leaderboard = leaderboard_markdown(rows, inputs.metric)
+    oof_preds = {n: _assemble_oof(rs, len(data.y)) for n, rs in dag.folds.items()} | {"ensemble": ens.oof}
+    oof = oof_frame(data, plan, oof_preds)
+    outputs: dict[str, Path | None] = {"oof": out_dir / "oof.parquet", "test_predictions": None,
+                                       "submission": None, "leaderboard": out_dir / "leaderboard.md"}
+    oof.to_parquet(outputs["oof"], index=False)
+    outputs["leaderboard"].write_text(f"# {spec.name}: cross-validation leaderboard\n\n{leaderboard}")
+    if data.X_test is not None and ens.test is not None:
+        test_preds = {n: _average_test(rs) for n, rs in dag.folds.items()} | {"ensemble": ens.test}
+        outputs["test_predictions"] = out_dir / "test_predictions.parquet"
+        outputs["submission"] = out_dir / "submission.csv"
+        test_frame(data, test_preds).to_parquet(outputs["test_predictions"], index=False)
+        submission_frame(data, ens.test).to_csv(outputs["submission"], index=False)
+    (out_dir / "spec.yaml").write_text(to_yaml(spec))
+    summary = {
+        "command": "run",
+        "experiment": spec.experiment,
+        "run_id": parent,
+        "tracking_uri": tracker.uri,
+        "task": data.task,
+        "metric": inputs.metric,
+        "greater_is_better": True,
+        "folds": {"scheme": plan.scheme, "n": plan.n_folds, "seed": plan.seed, "hash": plan.hash},
+        "data_fingerprint": data.fingerprint,
+        "rows": {"train": int(len(data.y)), "test": int(len(data.X_test)) if data.X_test is not None else 0,
+                 "features": len(data.columns)},
+        "models": model_summaries,
+        "ensemble": {"method": ens.method, "weights": ens.weights, "cv_score": ens.cv_score,
+                     "fold_scores": list(ens.fold_scores)},
+        "wall_seconds": time.perf_counter() - wall_start,
+        "startup_seconds": startup_seconds,
+        "phase_seconds": phases | {"outputs_and_tracking": time.perf_counter() - tick},
+        "outputs": {k: str(v) if v is not None else None for k, v in outputs.items()},
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    tracker.log(parent, metrics={tk.M_CV_SCORE: ens.cv_score, "wall_seconds": summary["wall_seconds"],
+                                 "startup_seconds": startup_seconds} | {f"{tk.M_CV_SCORE}.{k}": v["cv_score"] for k, v in model_summaries.items()},
+                tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint},
+                steps={tk.M_FOLD_SCORE: ens.fold_scores})
+    tracker.log_artifacts(parent, out_dir)
+    return CVResult(summary=summary, oof=oof, out_dir=out_dir, leaderboard=leaderboard,
+                    fold_results=tuple(r for rs in dag.folds.values() for r in rs))
+
+
+def _model_params(m: ModelConfig) -> dict[str, Any]:
+    return {"name": m.name, "type": m.type, "estimator": m.estimator, "params": m.params,
+            "preprocess": ",".join(m.preprocess), "resources": {"cpus": m.cpus, "gpus": m.gpus}}
+
+
+def _describe_failure(e: TaskFailed) -> str:
+    return f"{e.task}: {e.error}"
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class _progress_bar:
+    """A rich progress bar of folds done (on stderr), or nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled, self.total = enabled, total
+        self._progress = None
+
+    def __enter__(self) -> _progress_bar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(TextColumn("[bold]folds"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("{task.description}"),
+                                      console=Console(stderr=True))
+            self._progress.start()
+            self._task = self._progress.add_task("", total=self.total)
+        return self
+
+    def advance(self, description: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, description=description)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
