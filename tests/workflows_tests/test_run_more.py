@@ -1,0 +1,144 @@
+"""More end-to-end runs: multiclass stacking, a CSV with test set and ids, the local executor,
+random labels through every ensemble method, user adapters, a failing fold, `foldwise init`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.ensemble import blend
+from tasks.folds import assign_folds
+from workflows.cli import main
+from workflows.cv import RunFailed, run_cv
+from workflows.demo_data import write_churn
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
+
+
+@pytest.fixture(scope="module")
+def uri(session_dir: Path) -> str:
+    return f"sqlite:///{session_dir / 'mlflow-more.db'}"
+
+
+def test_multiclass_stack(ray_cluster, uri: str, tmp_path: Path) -> None:
+    r = run_cv(EXAMPLES / "wine.yaml", out=tmp_path, tracking_uri=uri)
+    s = r.summary
+    assert s["task"] == "multiclass" and s["ensemble"]["method"] == "stack"
+    assert all(v < 0 for m in s["models"].values() for v in m["fold_scores"])  # neg_log_loss stays negative
+    assert s["ensemble"]["cv_score"] > -0.3
+    probs = r.oof[[f"ensemble__{c}" for c in (0, 1, 2)]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_csv_with_test_set_ids_categoricals_and_submission(ray_cluster, uri: str, tmp_path: Path) -> None:
+    write_churn(tmp_path / "data")
+    spec = (EXAMPLES / "churn_csv.yaml").read_text()
+    (tmp_path / "churn.yaml").write_text(spec)
+    r = run_cv(tmp_path / "churn.yaml", out=tmp_path / "out", tracking_uri=uri)
+    s = r.summary
+    sub = pd.read_csv(s["outputs"]["submission"])
+    test = pd.read_csv(tmp_path / "data" / "churn_test.csv")
+    assert list(sub.columns) == ["customer_id", "churned"]
+    assert sub["customer_id"].tolist() == test["customer_id"].tolist()
+    assert sub["churned"].between(0, 1).all()
+    assert s["ensemble"]["cv_score"] > 0.7  # the generator plants real signal in plan, calls, tenure, NaN usage
+    preds = pd.read_parquet(s["outputs"]["test_predictions"])
+    assert {"customer_id", "logreg", "lgbm", "ensemble"} <= set(preds.columns) and len(preds) == len(test)
+    assert r.oof["customer_id"].is_unique and set(r.oof["churned"]) == {"no", "yes"}
+
+
+def test_local_executor_gives_the_same_oof_as_ray(breast_cancer_run, uri: str, tmp_path: Path) -> None:
+    local = run_cv(EXAMPLES / "breast_cancer.yaml", out=tmp_path, tracking_uri=uri, executor="local")
+    for col in ("logreg", "lgbm", "ensemble"):
+        np.testing.assert_allclose(local.oof[col], breast_cancer_run.oof[col], rtol=0, atol=1e-12)
+    assert local.summary["folds"]["hash"] == breast_cancer_run.summary["folds"]["hash"]
+
+
+@pytest.fixture(scope="module")
+def random_label_run(ray_cluster, uri: str, tmp_path_factory):
+    d = tmp_path_factory.mktemp("random")
+    rng = np.random.default_rng(11)
+    frame = pd.DataFrame(rng.normal(size=(3000, 8)), columns=[f"x{i}" for i in range(8)])
+    frame["y"] = rng.integers(0, 2, size=3000)
+    frame.to_parquet(d / "random.parquet")
+    spec = {"name": "random-labels", "data": {"train": str(d / "random.parquet"), "target": "y"}, "metric": "roc_auc",
+            "cv": {"scheme": "stratified", "folds": 5, "seed": 0},
+            "models": [{"name": "logreg", "type": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression"},
+                       {"name": "lgbm", "type": "lightgbm", "params": {"n_estimators": 100, "num_leaves": 63}},
+                       {"name": "tree", "type": "sklearn", "estimator": "sklearn.tree.DecisionTreeClassifier",
+                        "params": {"max_depth": 6}}],
+            "ensemble": {"method": "stack"}}
+    return run_cv(spec, out=d / "out", tracking_uri=uri)
+
+
+@pytest.mark.parametrize("method", ["mean", "rank_mean", "weights", "stack"])
+def test_random_labels_score_chance_through_every_ensemble(random_label_run, method: str) -> None:
+    r = random_label_run
+    for m in r.summary["models"].values():
+        assert m["cv_score"] == pytest.approx(0.5, abs=0.05)
+    y = (r.oof["y"].to_numpy()).astype(int)
+    plan = assign_folds(y, None, "stratified", 5, 0)
+    oof = {n: r.oof[n].to_numpy() for n in ("logreg", "lgbm", "tree")}
+    ens = blend(method, oof, None, y, plan, "roc_auc", "binary", 0)
+    assert ens.cv_score == pytest.approx(0.5, abs=0.05), (method, ens.fold_scores)
+    if method == "stack":
+        assert r.summary["ensemble"]["cv_score"] == pytest.approx(ens.cv_score)
+
+
+def test_user_adapter_by_import_path(ray_cluster, uri: str, tmp_path: Path) -> None:
+    spec = {"name": "adapter", "data": {"train": "sklearn:breast_cancer"},
+            "models": [{"name": "mean_radius", "type": "tests.workflows_tests.adapters:MeanOfColumn",
+                        "params": {"column": 0}}]}
+    s = run_cv(spec, out=tmp_path, tracking_uri=uri).summary
+    assert 0.9 < s["models"]["mean_radius"]["cv_score"] < 0.97  # mean radius alone is a good, imperfect score
+    assert s["ensemble"]["weights"] == {"mean_radius": 1.0}
+    assert s["ensemble"]["cv_score"] == pytest.approx(s["models"]["mean_radius"]["cv_score"])
+
+
+def test_failing_fold_exits_1_and_marks_the_run_failed(ray_cluster, uri: str, tmp_path: Path, capsys) -> None:
+    from mlflow.tracking import MlflowClient
+
+    spec = tmp_path / "explode.yaml"
+    spec.write_text("name: explode\ndata: {train: sklearn:breast_cancer}\nmodels:\n"
+                    "  - {name: boom, type: 'tests.workflows_tests.adapters:ExplodesOnFold'}\n")
+    code = main(["run", str(spec), "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "train_fold[model=boom, fold=" in err and "ValueError: matrix is singular (planted failure)" in err
+    run_id = err.split("MLflow run ")[1].split()[0]
+    client = MlflowClient(uri)
+    assert client.get_run(run_id).info.status == "FAILED"
+    children = client.search_runs([client.get_run(run_id).info.experiment_id], f"tags.mlflow.parentRunId = '{run_id}'")
+    assert [c.info.status for c in children] == ["FAILED"]
+
+
+def test_init_writes_a_runnable_starter_spec(tmp_path: Path) -> None:
+    write_churn(tmp_path)
+    out = tmp_path / "starter.yaml"
+    assert main(["init", str(tmp_path / "churn_train.csv"), "--target", "churned", "--id", "customer_id",
+                 "--test", str(tmp_path / "churn_test.csv"), "--out", str(out)]) == 0
+    from workflows.spec import load_spec
+
+    spec = load_spec(out)
+    assert spec.task == "binary" and spec.metric == "roc_auc" and spec.cv.folds == 5
+    assert [m.type for m in spec.models] == ["sklearn", "lightgbm"]
+    assert main(["init", str(tmp_path / "churn_train.csv"), "--target", "churned", "--out", str(out)]) == 2
+
+
+def test_cli_main_job_as_a_user_runs_it(tmp_path: Path) -> None:
+    """README's main command through the console script, in a fresh working directory."""
+    exe = Path(sys.executable).with_name("foldwise")
+    proc = subprocess.run([str(exe), "run", str(EXAMPLES / "diabetes.yaml"), "--set", "cv.folds=3"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    summary = json.loads((tmp_path / last).read_text())
+    assert summary["folds"]["n"] == 3 and summary["metric"] == "neg_root_mean_squared_error"
+    assert (tmp_path / "mlflow.db").exists()  # embedded default store in the working directory
+    assert "ridge" in proc.stdout and "lgbm" in proc.stdout
