@@ -74,3 +74,10 @@ def test_unknown_builtin_and_format(tmp_path: Path) -> None:
 ])
 def test_task_inference(values: list, task: str) -> None:
     assert infer_task(pd.Series(values)) == task
+
+
+def test_uri_sources_go_through_fsspec(mixed_csv) -> None:
+    train, test = mixed_csv
+    data = prepare_data(DataConfig(train=train.resolve().as_uri(), test=test.resolve().as_uri(), target="y", id="id"))
+    summary = inspect_data(DataConfig(train=train.resolve().as_uri(), test=test.resolve().as_uri(), target="y", id="id"))
+    assert len(data.y) == summary.n_rows == 8 and data.X_test.shape == (8, 2)
