@@ -64,6 +64,7 @@ def splitter(scheme: str, n_folds: int, seed: int) -> BaseCrossValidator:
 def assign_folds(y: np.ndarray, groups: np.ndarray | None, scheme: str, n_folds: int, seed: int) -> FoldPlan:
     fold_of_row = np.full(len(y), NEVER_HELD_OUT, dtype=np.int32)
     X_dummy = np.zeros((len(y), 1))
+    groups = groups if scheme in ("group", "stratified_group") else None
     for k, (_, valid) in enumerate(splitter(scheme, n_folds, seed).split(X_dummy, y, groups)):
         fold_of_row[valid] = k
     digest = hashlib.sha256(fold_of_row.tobytes()).hexdigest()[:16]

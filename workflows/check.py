@@ -65,6 +65,10 @@ def _model_param_problem(kind: str, estimator: str | None, params: dict) -> str 
         from tasks.models.lightgbm_model import check_params
 
         return check_params(params)
+    if kind == "torch_mlp":
+        from tasks.models.mlp_params import check_params
+
+        return check_params(params)
     return None
 
 

@@ -79,18 +79,20 @@ def _print_leaderboard(summary: dict) -> None:
     from rich.table import Table
 
     metric = summary["metric"]
-    table = Table(title=f"{summary['experiment']}: {metric} (greater is better), "
-                        f"{summary['folds']['n']} {summary['folds']['scheme']} folds")
-    for col in ("model", "cv score", "std", "fit s"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    rows = [(name, m["cv_score"], m["fold_scores"], sum(m["fit_seconds"])) for name, m in summary["models"].items()]
-    if len(summary["models"]) > 1:
-        ens = summary["ensemble"]
-        rows.append((f"ensemble ({ens['method']})", ens["cv_score"], ens["fold_scores"], 0.0))
     import numpy as np
 
-    for name, cv, folds, fit in sorted(rows, key=lambda r: -r[1]):
-        table.add_row(name, f"{cv:.5f}", f"{np.std(folds, ddof=1):.5f}", f"{fit:.2f}")
+    table = Table(title=f"{summary['experiment']}: {metric}",
+                  caption=f"{summary['folds']['n']} {summary['folds']['scheme']} folds, seed {summary['folds']['seed']}; "
+                          "mean of fold scores, greater is better")
+    for col in ("model", "cv score", "std", "min fold", "fit s", "note"):
+        table.add_column(col, justify="left" if col in ("model", "note") else "right")
+    rows = [(name, m["cv_score"], m["fold_scores"], sum(m["fit_seconds"]), "") for name, m in summary["models"].items()]
+    if len(summary["models"]) > 1:
+        ens = summary["ensemble"]
+        weights = ", ".join(f"{k} {v:.2f}" for k, v in ens["weights"].items())
+        rows.append((f"ensemble ({ens['method']})", ens["cv_score"], ens["fold_scores"], 0.0, weights))
+    for name, cv, folds, fit, note in sorted(rows, key=lambda r: -r[1]):
+        table.add_row(name, f"{cv:.5f}", f"{np.std(folds, ddof=1):.5f}", f"{min(folds):.5f}", f"{fit:.2f}", note)
     console = Console()
     console.print(table)
     console.print(f"MLflow run {summary['run_id']} in experiment {summary['experiment']!r} ({summary['tracking_uri']})")

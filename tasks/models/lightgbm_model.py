@@ -8,6 +8,7 @@ rows map onto the same codes. Early stopping, when asked for, stops on rows spli
 
 from __future__ import annotations
 
+import inspect
 import re
 from typing import Any
 
@@ -117,11 +118,14 @@ class LightGBMModel:
             # classifier's label encoder (fitted on the fit part) would reject it.
             stop_idx = stop_idx[np.isin(y[stop_idx], y[fit_idx])]
         self.stop_rows = stop_idx  # positions within the training rows, for inspection
-        self.estimator.fit(
-            X.iloc[fit_idx], y[fit_idx],
-            eval_set=[(X.iloc[stop_idx], y[stop_idx])],
-            callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False)],
-        )
+        stop_X, stop_y = X.iloc[stop_idx], y[stop_idx]
+        # lightgbm 4.7 deprecates eval_set for eval_X/eval_y; older 4.x only has eval_set.
+        if "eval_X" in inspect.signature(self.estimator.fit).parameters:
+            evals: dict[str, Any] = {"eval_X": (stop_X,), "eval_y": (stop_y,)}
+        else:
+            evals = {"eval_set": [(stop_X, stop_y)]}
+        self.estimator.fit(X.iloc[fit_idx], y[fit_idx], **evals,
+                           callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False)])
         self.best_iteration = int(self.estimator.best_iteration_)
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:

@@ -91,6 +91,14 @@ def test_random_labels_score_chance_through_every_ensemble(random_label_run, met
         assert r.summary["ensemble"]["cv_score"] == pytest.approx(ens.cv_score)
 
 
+def test_torch_mlp_runs_in_fold_tasks(ray_cluster, uri: str, tmp_path: Path) -> None:
+    spec = {"name": "mlp", "data": {"train": "sklearn:breast_cancer"}, "cv": {"folds": 3},
+            "models": [{"name": "mlp", "type": "torch_mlp", "params": {"hidden": [32], "epochs": 30, "patience": 5},
+                        "resources": {"cpus": 1}}]}
+    s = run_cv(spec, out=tmp_path, tracking_uri=uri).summary
+    assert s["models"]["mlp"]["cv_score"] > 0.97
+
+
 def test_user_adapter_by_import_path(ray_cluster, uri: str, tmp_path: Path) -> None:
     spec = {"name": "adapter", "data": {"train": "sklearn:breast_cancer"},
             "models": [{"name": "mean_radius", "type": "tests.workflows_tests.adapters:MeanOfColumn",
