@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+import sys
 from pathlib import Path
 
 import yaml
@@ -54,3 +56,26 @@ def write_starter_spec(data: str, target: str, id_column: str | None = None, tes
               "# Edit models, params and cv, then: foldwise run " + str(path) + "\n")
     path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
     return path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("data", help="training data (.csv/.parquet path or URI, or sklearn:NAME)")
+    p.add_argument("--target", required=True, help="target column")
+    p.add_argument("--id", help="id column (kept out of features, written to the submission)")
+    p.add_argument("--test", help="test data with the same columns minus the target")
+    p.add_argument("--name", help="spec name (default: the data file's stem)")
+    p.add_argument("--out", help="where to write the spec (default: <name>.yaml)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
+
+
+def command(args: argparse.Namespace) -> int:
+    from workflows.cli import EXIT_OK, bad_input
+
+    try:
+        path = write_starter_spec(args.data, target=args.target, id_column=args.id, test=args.test, name=args.name,
+                                  out=args.out, force=args.force)
+    except StarterError as e:
+        return bad_input(str(e))
+    print(f"wrote a starter spec; run it with: foldwise run {path}", file=sys.stderr)
+    print(str(path))
+    return EXIT_OK
