@@ -73,3 +73,66 @@ def _model_param_problem(kind: str, estimator: str | None, params: dict) -> str 
 
 
 __all__ = ["InputError", "Inputs", "SpecError", "validate_inputs", "data_config"]
+
+
+# --------------------------------------------------------------------------- data checks on the full frames
+# `foldwise check` runs all of these; `foldwise run` can run them too (`data_warnings`):
+# they read the frames once on the driver and fit no model but a per-column bincount.
+
+
+@dataclass(frozen=True)
+class DataFindings:
+    """The errors and warnings of the frame checks, plus the frames they were read from."""
+
+    errors: tuple  # tasks.checks.Finding, level "error"
+    warnings: tuple  # tasks.checks.Finding, level "warning"
+    train: object = None  # pandas frames, kept for the caller (target drift); None when not read
+    other: object = None  # tasks.checks.Side or None
+
+    def first_error_line(self) -> str:
+        more = f" (and {len(self.errors) - 1} more error(s))" if len(self.errors) > 1 else ""
+        return self.errors[0].message + more
+
+
+def data_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = None) -> DataFindings:
+    """Read train and the other side (the spec's test, or `reference`) in full; check both.
+
+    With `reference` the comparison is new training data (data.train) vs an old version;
+    the spec's test set is then not read. Raises InputError when a file cannot be read.
+    """
+    from tasks.checks import Side, frame_errors, frame_warnings
+    from tasks.data import read_table
+
+    try:
+        train = read_table(spec.data.train)
+    except DataError as e:
+        raise InputError(f"data.train: {e}") from None
+    other = None
+    source, key, role = (reference, "--reference", "reference") if reference else (spec.data.test, "data.test", "test")
+    if source is not None:
+        try:
+            other = Side(read_table(source), key=key, source=source, role=role)
+        except DataError as e:
+            raise InputError(f"{key}: {e}") from None
+    errors = frame_errors(train, inputs.data, other)
+    if errors:
+        return DataFindings(errors=errors, warnings=(), train=train, other=other)
+    warnings = frame_warnings(train, inputs.data, inputs.task, inputs.summary.y, other, seed=spec.cv.seed)
+    return DataFindings(errors=(), warnings=warnings, train=train, other=other)
+
+
+def data_warnings(spec: WorkflowSpec, inputs: Inputs) -> list[str]:
+    """The cheap data checks for `foldwise run`: warning lines to print and log.
+
+    Call after `validate_inputs` and before any task starts. Raises InputError (exit 2)
+    for the errors only a full read finds (e.g. a constant regression target, duplicate
+    test ids, a column that is numeric in train but text in test past the first rows).
+    No adversarial model, no drift statistics: `foldwise check` adds those.
+    """
+    findings = data_findings(spec, inputs)
+    if findings.errors:
+        raise InputError(findings.first_error_line())
+    return [f.message for f in findings.warnings]
+
+
+__all__ += ["DataFindings", "data_findings", "data_warnings"]

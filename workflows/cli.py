@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -17,6 +18,9 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("workflows.cmd_run", "cross-validate every model of a spec, ensemble, write a submission"),
     "init": ("workflows.starter", "write a starter spec for your data file"),
+    "check": ("workflows.check_cmd", "check the data before compute: errors, warnings, leaks, train/test drift (adversarial AUC)"),
+    "compare": ("workflows.compare", "write up a model change: RUN_B vs RUN_A per fold, per slice, efficiency"),
+    "ui": ("workflows.ui", "the MLflow UI on foldwise's tracking store, on 127.0.0.1"),
 }
 
 
@@ -31,6 +35,9 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="'local' runs the same DAG in this process (for pdb)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-cache", action="store_true", help="recompute every node (results are still written to the cache)")
+    p.add_argument("--cache", dest="cache_root", metavar="DIR_OR_URI",
+                   help="cache root (default $FOLDWISE_CACHE or .foldwise/cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +60,10 @@ def failed(message: str, run_id: str | None = None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # As with `python -m`, the working directory is importable, so `type: mypkg.models:MyAdapter`
+    # finds the user's own code (Ray workers get the driver's working directory too).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     args = build_parser().parse_args(argv)
     try:
         return importlib.import_module(COMMANDS[args.command][0]).command(args)

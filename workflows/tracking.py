@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,19 @@ TAG_GIT = "mlflow.source.git.commit"
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_NOTE = "mlflow.note.content"
+TAG_HOST = "foldwise.host"
+TAG_PID = "foldwise.pid"
 # metrics
 M_FOLD_SCORE = "fold_score"
 M_CV_SCORE = "cv_score"
 M_FIT_SECONDS = "fit_seconds"
 M_PREDICT_SECONDS = "predict_seconds"
 M_MODEL_BYTES = "model_bytes"
+M_PEAK_MEMORY = "peak_memory_bytes"  # per fold, when a run records it
+M_WALL_SECONDS = "wall_seconds"
+# compare: which run B was last compared against (the write-up is B's run description)
+TAG_COMPARED_WITH = "foldwise.compare.against"
+COMPARE_ARTIFACT_DIR = "compare"
 
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
@@ -96,6 +104,35 @@ class Tracker:
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    def fail_abandoned_runs(self) -> list[str]:
+        """Mark FAILED the runs a killed foldwise driver on this host left RUNNING.
+
+        A driver killed with SIGKILL cannot end its runs; its pid tag says whether that
+        process is gone, so runs of live drivers (concurrent commands) are left alone.
+        """
+        import socket
+
+        import psutil
+
+        host = socket.gethostname()
+        running = self.client.search_runs([self.experiment_id], f"attributes.status = 'RUNNING' and tags.{TAG_HOST} = '{host}'",
+                                          max_results=1000)
+        failed = []
+        for run in running:
+            pid = int(run.data.tags.get(TAG_PID, "0") or 0)
+            if pid and not psutil.pid_exists(pid):
+                self.client.set_terminated(run.info.run_id, "FAILED")
+                self.client.set_tag(run.info.run_id, "foldwise.failure", "driver process died (found RUNNING at start-up)")
+                failed.append(run.info.run_id)
+        return failed
+
+
+def process_tags() -> dict[str, str]:
+    """Which driver process owns a run, so a later command can tell an abandoned run."""
+    import socket
+
+    return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     """{'a': {'b': [1, {'c': 2}]}} -> {'a.b.0': 1, 'a.b.1.c': 2}: MLflow params are flat."""
@@ -109,3 +146,134 @@ def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     elif prefix:
         out[prefix[:-1]] = value
     return out
+
+
+# --------------------------------------------------------------------------- reading runs back (compare)
+
+
+class RunNotFound(LookupError):
+    """A run id or name that the tracking store does not hold (or holds more than once): exit 2."""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One MLflow run as plain data, so workflows never touch mlflow entities."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    experiment: str
+    status: str
+    start_time_ms: int
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.tags.get(TAG_PARENT)
+
+
+def store_missing(uri: str) -> str | None:
+    """Why a local store cannot be read (a missing sqlite file would be created empty), else None."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_absolute():
+            path = Path.cwd() / path
+        if not path.exists():
+            return f"tracking store {uri!r} does not exist (no runs to read)"
+    elif uri.startswith("file:") or "://" not in uri:
+        path = Path(uri.removeprefix("file://"))
+        if not path.exists():
+            return f"tracking store {uri!r} does not exist (no runs to read)"
+    return None
+
+
+class RunReader:
+    """Find runs by id or name, read metric histories and artifacts, write a run's description."""
+
+    def __init__(self, uri: str) -> None:
+        import logging
+
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars for 3 small files
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self._experiments: dict[str, str] = {}
+
+    def _record(self, run: Any) -> RunRecord:
+        exp_id = run.info.experiment_id
+        if exp_id not in self._experiments:
+            self._experiments[exp_id] = self.client.get_experiment(exp_id).name
+        return RunRecord(run_id=run.info.run_id, name=run.info.run_name or "", experiment_id=exp_id,
+                         experiment=self._experiments[exp_id], status=run.info.status,
+                         start_time_ms=int(run.info.start_time or 0), params=dict(run.data.params),
+                         metrics=dict(run.data.metrics), tags=dict(run.data.tags))
+
+    def get(self, run_id: str) -> RunRecord:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._record(self.client.get_run(run_id))
+        except MlflowException:
+            raise RunNotFound(f"no run with id {run_id!r} in {self.uri}") from None
+
+    def find(self, ref: str) -> RunRecord:
+        """A run id, a run name, or PARENT_NAME_OR_ID/MODEL for one model's child run."""
+        from mlflow.exceptions import MlflowException
+
+        if "/" in ref:
+            parent_ref, _, model = ref.rpartition("/")
+            parent = self.find(parent_ref)
+            kids = [k for k in self.children(parent.run_id) if k.tags.get(TAG_MODEL) == model or k.name == model]
+            if not kids:
+                raise RunNotFound(f"run {parent_ref!r} has no child run for model {model!r}")
+            return kids[0]
+        if len(ref) == 32 and all(ch in "0123456789abcdef" for ch in ref):
+            try:
+                return self._record(self.client.get_run(ref))
+            except MlflowException:
+                pass
+        if "'" in ref:
+            raise RunNotFound(f"no run with id or name {ref!r} in {self.uri}")
+        exp_ids = [e.experiment_id for e in self.client.search_experiments()]
+        runs = self.client.search_runs(exp_ids, filter_string=f"attributes.run_name = '{ref}'", max_results=50) if exp_ids else []
+        if not runs:
+            raise RunNotFound(f"no run with id or name {ref!r} in {self.uri}")
+        if len(runs) > 1:
+            ids = ", ".join(r.info.run_id for r in runs[:5])
+            raise RunNotFound(f"run name {ref!r} matches {len(runs)} runs ({ids}{', ...' if len(runs) > 5 else ''}); "
+                              "pass a run id, or PARENT/MODEL for a model's child run")
+        return self._record(runs[0])
+
+    def children(self, parent_id: str) -> list[RunRecord]:
+        parent = self.client.get_run(parent_id)
+        runs = self.client.search_runs([parent.info.experiment_id],
+                                       filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'", max_results=1000)
+        return [self._record(r) for r in runs]
+
+    def history(self, run_id: str, key: str) -> list[float]:
+        """A stepped metric's values in step order (last value per step)."""
+        by_step = {m.step: m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+        return [by_step[s] for s in sorted(by_step)]
+
+    def artifact_names(self, run_id: str) -> set[str]:
+        return {a.path for a in self.client.list_artifacts(run_id)}
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path | None:
+        """One top-level artifact into `dst`, or None when the run does not have it."""
+        if path not in self.artifact_names(run_id):
+            return None
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, path, str(dst)))
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
+
+    def set_description(self, run_id: str, text: str, tags: Mapping[str, str] | None = None) -> None:
+        """The run description the MLflow UI shows (tag mlflow.note.content), plus any extra tags."""
+        self.client.set_tag(run_id, TAG_NOTE, text)
+        for k, v in (tags or {}).items():
+            self.client.set_tag(run_id, k, v)
