@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "workflows" / "examples"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory):
+    """Tests never read or write the repo's .foldwise/cache: results come from this session."""
+    root = tmp_path_factory.mktemp("cache")
+    os.environ["FOLDWISE_CACHE"] = str(root)
+    yield root
+    os.environ.pop("FOLDWISE_CACHE", None)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray

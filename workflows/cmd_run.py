@@ -19,7 +19,8 @@ def command(args: argparse.Namespace) -> int:
 
     try:
         result = run_cv(args.spec, overrides=args.overrides, out=args.out, tracking_uri=args.tracking_uri,
-                        address=args.address, executor=args.executor, progress=not args.no_progress)
+                        address=args.address, executor=args.executor, progress=not args.no_progress,
+                        no_cache=args.no_cache, cache_root=args.cache_root)
     except (SpecError, InputError) as e:
         return bad_input(str(e))
     except RunFailed as e:
@@ -39,7 +40,9 @@ def print_leaderboard(summary: dict) -> None:
                           "mean of fold scores, greater is better")
     for col in ("model", "cv score", "std", "min fold", "fit s", "note"):
         table.add_column(col, justify="left" if col in ("model", "note") else "right")
-    rows = [(name, m["cv_score"], m["fold_scores"], sum(m["fit_seconds"]), "") for name, m in summary["models"].items()]
+    rows = [(name, m["cv_score"], m["fold_scores"], sum(m["fit_seconds"]),
+             f"{sum(m['cached'])}/{len(m['cached'])} folds cached" if any(m["cached"]) else "")
+            for name, m in summary["models"].items()]
     if len(summary["models"]) > 1:
         ens = summary["ensemble"]
         weights = ", ".join(f"{k} {v:.2f}" for k, v in ens["weights"].items())

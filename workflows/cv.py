@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,9 @@ from tasks.report import (
 from tasks.train import FoldResult, train_fold
 from workflows import tracking as tk
 from workflows.check import Inputs, validate_inputs
-from workflows.executor import LocalExecutor, RayExecutor, Slot, TaskFailed, make_executor
-from workflows.provenance import code_version, git_commit
+from workflows.cache import Cache, key_of, source_stamp
+from workflows.executor import LazyExecutor, Slot, TaskFailed
+from workflows.provenance import adapter_version, code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
 
@@ -71,6 +72,8 @@ class DagOutput:
     folds: dict[str, list[FoldResult]]  # model -> results in fold order
     ensemble: EnsembleResult
     phases: dict[str, float]  # seconds per DAG stage, for benchmarks and users' curiosity
+    cached: dict[str, list[bool]]  # model -> per fold: taken from the cache
+    ensemble_cached: bool
 
 
 def model_config(spec_model: Any) -> ModelConfig:
@@ -81,7 +84,7 @@ def model_config(spec_model: Any) -> ModelConfig:
 
 def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
            tracking_uri: str | None = None, address: str | None = None, executor: str = "ray",
-           progress: bool = False) -> CVResult:
+           progress: bool = False, no_cache: bool = False, cache_root: str | None = None) -> CVResult:
     """The Python API of `foldwise run` (same data as summary.json, plus the OOF frame).
 
     Raises SpecError/InputError (nothing started, nothing logged) or RunFailed.
@@ -91,11 +94,20 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
         spec = load_spec(spec, overrides)
     inputs = validate_inputs(spec)
     models = [model_config(m) for m in spec.models]
+    version = code_version(models)
+    keys = node_keys(spec, inputs, models, version)
     phases = {"validate": time.perf_counter() - wall_start}
-    ex = make_executor(executor, address)
+    ex = LazyExecutor(executor, address)
+    cache = Cache(cache_root, enabled=not no_cache)
+    try:
+        dag = _submit(ex, cache, spec, inputs, models, keys)  # runs while MLflow is set up below
+    except TaskFailed as e:
+        ex.close()
+        raise RunFailed(_describe_failure(e), None) from None
     tick = time.perf_counter()
     tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
-    tags = {tk.TAG_COMMAND: "run", tk.TAG_GIT: git_commit(), tk.TAG_CODE: code_version(models)}
+    tracker.fail_abandoned_runs()
+    tags = {tk.TAG_COMMAND: "run", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
     parent = tracker.start_run(f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
     children = {m.name: tracker.start_run(m.name, {**tags, tk.TAG_MODEL: m.name}, parent_id=parent) for m in models}
     phases["tracking_setup"] = time.perf_counter() - tick
@@ -104,9 +116,9 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
         tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {"task": inputs.task,
                                                                                   "metric": inputs.metric,
                                                                                   "cv.scheme": inputs.scheme})
-        dag = _cv_dag(ex, spec, inputs, models, tracker, children, progress)
-        result = _finish(spec, inputs, models, dag, tracker, parent, children, out, ex.startup_seconds, wall_start,
-                         phases | dag.phases)
+        result = _gather(ex, cache, dag, spec, inputs, models, keys, tracker, children, progress)
+        result = _finish(spec, inputs, models, result, tracker, parent, children, out, ex.startup_seconds,
+                         wall_start, phases | result.phases)
         ok = True
         return result
     except TaskFailed as e:
@@ -123,41 +135,117 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
         ex.close()
 
 
-def _cv_dag(ex: RayExecutor | LocalExecutor, spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig],
-            tracker: tk.Tracker, children: dict[str, str], progress: bool) -> DagOutput:
-    seed = spec.cv.seed
+@dataclass(frozen=True)
+class NodeKeys:
+    """Cache keys of every DAG node, computed before anything runs."""
+
+    data: str
+    plan: str
+    folds: dict[tuple[str, int], str]  # (model, fold) -> key
+    version: str
+
+
+def node_keys(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], version: str) -> NodeKeys:
+    """A node's key: its inputs' keys + its own config + the code version, nothing else.
+
+    A model's name is not part of its folds' keys (renaming recomputes nothing); every
+    param, preprocessing step and resource that can change its output is.
+    """
+    data = key_of("data", asdict(inputs.data), source_stamp(inputs.data.train), source_stamp(inputs.data.test),
+                  tasks_version())
+    plan = key_of("plan", data, inputs.scheme, spec.cv.folds, spec.cv.seed)
+    folds = {(m.name, k): key_of("fold", plan, asdict(m) | {"name": None}, k, inputs.metric, spec.cv.seed,
+                                 tasks_version(), adapter_version(m.type))
+             for m in models for k in range(spec.cv.folds)}
+    return NodeKeys(data=data, plan=plan, folds=folds, version=version)
+
+
+@dataclass
+class Submitted:
+    """What `_submit` started: cached values where the cache had them, handles for the rest."""
+
+    data: PreparedData | None
+    plan: FoldPlan | None
+    prepared: Any  # handle of the prepared data (a task, or the cached value put once), or None
+    plan_handle: Any
+    cached: dict[tuple[str, int], FoldResult]
+    fits: dict[Any, tuple[str, int]]  # handle -> (model, fold)
+    seconds: float
+
+
+def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig],
+            keys: NodeKeys) -> Submitted:
+    """The DAG: prepare once -> plan folds once -> one train_fold per model x fold, all at once.
+
+    Nodes found in the cache are not submitted; Ray starts only if something must run.
+    """
     tick = time.perf_counter()
-    prepared = ex.submit(prepare_data, inputs.data, name="prepare")
-    plan_ref = ex.submit(plan_folds, prepared, inputs.scheme, spec.cv.folds, seed, name="assign_folds")
-    plan: FoldPlan = ex.get(plan_ref)
-    phases = {"prepare": time.perf_counter() - tick}
+    cached = {mk: r for mk, key in keys.folds.items() if (r := cache.get("fold", key)) is not None}
+    data, plan = cache.get("data", keys.data), cache.get("plan", keys.plan)
+    todo = [mk for mk in keys.folds if mk not in cached]
+    prepared = plan_handle = None
+    fits: dict[Any, tuple[str, int]] = {}
+    if todo or data is None or plan is None:
+        prepared = ex.put(data) if data is not None else ex.submit(prepare_data, inputs.data, name="prepare")
+        plan_handle = (ex.put(plan) if plan is not None else
+                       ex.submit(plan_folds, prepared, inputs.scheme, spec.cv.folds, spec.cv.seed, name="assign_folds"))
+        by_name = {m.name: m for m in models}
+        for name, k in todo:
+            m = by_name[name]
+            handle = ex.submit(train_fold, prepared, plan_handle, m, k, inputs.metric, spec.cv.seed,
+                               slot=Slot(m.cpus, m.gpus), name=f"train_fold[model={name}, fold={k}]")
+            fits[handle] = (name, k)
+    return Submitted(data=data, plan=plan, prepared=prepared, plan_handle=plan_handle, cached=cached, fits=fits,
+                     seconds=time.perf_counter() - tick)
+
+
+def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, inputs: Inputs,
+            models: list[ModelConfig], keys: NodeKeys, tracker: tk.Tracker, children: dict[str, str],
+            progress: bool) -> DagOutput:
+    """Collect fold results as they finish (each cached at once: a crash loses only work in flight)."""
+    phases = {"submit": sub.seconds}
     tick = time.perf_counter()
-    fits = {
-        ex.submit(train_fold, prepared, plan_ref, m, k, inputs.metric, seed, slot=Slot(m.cpus, m.gpus),
-                  name=f"train_fold[model={m.name}, fold={k}]"): (m.name, k)
-        for m in models for k in range(plan.n_folds)
-    }
+    data, plan = sub.data, sub.plan
+    if plan is None:
+        plan = ex.get(sub.plan_handle)
+        cache.put("plan", keys.plan, plan)
+    if data is None:
+        data = ex.get(sub.prepared)
+        cache.put("data", keys.data, data)
+    phases["prepare"] = time.perf_counter() - tick
+    tick = time.perf_counter()
     folds: dict[str, list[FoldResult | None]] = {m.name: [None] * plan.n_folds for m in models}
-    with _progress_bar(progress, len(fits)) as bar:
+    for (name, k), r in sub.cached.items():
+        folds[name][k] = r
+        tracker.log_step(children[name], tk.M_FOLD_SCORE, r.score, step=k)
+    with _progress_bar(progress, len(keys.folds), done=len(sub.cached)) as bar:
         try:
-            for handle, result in ex.as_completed(list(fits)):
+            for _, result in ex.as_completed(list(sub.fits)):
+                cache.put("fold", keys.folds[(result.model, result.fold)], result)
                 folds[result.model][result.fold] = result
                 tracker.log_step(children[result.model], tk.M_FOLD_SCORE, result.score, step=result.fold)
                 bar.advance(f"{result.model} fold {result.fold}: {result.score:.5f}")
         except TaskFailed:
-            ex.cancel(list(fits))
+            ex.cancel(list(sub.fits))
             raise
     phases["train_folds"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    data: PreparedData = ex.get(prepared)
     done = {name: [r for r in rs if r is not None] for name, rs in folds.items()}
     names = spec.ensemble.models or [m.name for m in models]
-    oof = {n: _assemble_oof(done[n], len(data.y)) for n in names}
-    test = {n: _average_test(done[n]) for n in names} if data.X_test is not None else None
-    ens = ex.get(ex.submit(blend, spec.ensemble.method, oof, test, data.y, plan, inputs.metric, data.task, seed,
-                           spec.ensemble.meta, dict(spec.ensemble.params), name="ensemble"))
+    ens_key = key_of("ensemble", [keys.folds[(n, k)] for n in names for k in range(plan.n_folds)],
+                     spec.ensemble.model_dump(mode="json"), inputs.metric, spec.cv.seed, keys.version)
+    ens = cache.get("ensemble", ens_key)
+    ens_was_cached = ens is not None
+    if ens is None:
+        oof = {n: _assemble_oof(done[n], len(data.y)) for n in names}
+        test = {n: _average_test(done[n]) for n in names} if data.X_test is not None else None
+        ens = ex.run(blend, spec.ensemble.method, oof, test, data.y, plan, inputs.metric, data.task, spec.cv.seed,
+                     spec.ensemble.meta, dict(spec.ensemble.params), name="ensemble")
+        cache.put("ensemble", ens_key, ens)
     phases["ensemble"] = time.perf_counter() - tick
-    return DagOutput(data=data, plan=plan, folds=done, ensemble=ens, phases=phases)
+    cached = {name: [(name, k) in sub.cached for k in range(plan.n_folds)] for name in done}
+    return DagOutput(data=data, plan=plan, folds=done, ensemble=ens, phases=phases, cached=cached,
+                     ensemble_cached=ens_was_cached)
 
 
 def _assemble_oof(results: list[FoldResult], n_rows: int) -> np.ndarray:
@@ -188,7 +276,7 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         model_summaries[m.name] = {
             "cv_score": float(np.mean(scores)), "fold_scores": scores,
             "fit_seconds": [r.fit_seconds for r in rs], "predict_seconds": [r.predict_seconds for r in rs],
-            "model_bytes": [r.model_bytes for r in rs], "cached": [False] * len(rs),
+            "model_bytes": [r.model_bytes for r in rs], "cached": dag.cached[m.name],
         }
         rows.append(LeaderboardRow(m.name, float(np.mean(scores)), tuple(scores), sum(r.fit_seconds for r in rs)))
         tracker.log(children[m.name],
@@ -229,7 +317,7 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
                  "features": len(data.columns)},
         "models": model_summaries,
         "ensemble": {"method": ens.method, "weights": ens.weights, "cv_score": ens.cv_score,
-                     "fold_scores": list(ens.fold_scores)},
+                     "fold_scores": list(ens.fold_scores), "cached": dag.ensemble_cached},
         "wall_seconds": time.perf_counter() - wall_start,
         "startup_seconds": startup_seconds,
         "phase_seconds": phases | {"outputs_and_tracking": time.perf_counter() - tick},
@@ -265,8 +353,8 @@ def _json_default(o: Any) -> Any:
 class _progress_bar:
     """A rich progress bar of folds done (on stderr), or nothing when disabled."""
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
+    def __init__(self, enabled: bool, total: int, done: int = 0) -> None:
+        self.enabled, self.total, self.done = enabled, total, done
         self._progress = None
 
     def __enter__(self) -> _progress_bar:
@@ -278,7 +366,8 @@ class _progress_bar:
                                       TimeElapsedColumn(), TextColumn("{task.description}"),
                                       console=Console(stderr=True))
             self._progress.start()
-            self._task = self._progress.add_task("", total=self.total)
+            self._task = self._progress.add_task(f"{self.done} from the cache" if self.done else "",
+                                                 total=self.total, completed=self.done)
         return self
 
     def advance(self, description: str) -> None:

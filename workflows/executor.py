@@ -59,6 +59,10 @@ class RayExecutor:
         self._names[ref] = label
         return ref
 
+    def put(self, value: Any) -> Any:
+        """A value the driver already holds (e.g. from the cache), stored once for every task."""
+        return self._ray.put(value)
+
     def get(self, handle: Any) -> Any:
         return self._unwrap(handle)
 
@@ -114,6 +118,9 @@ class LocalExecutor:
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> LocalHandle:
         return LocalHandle(fn, args, name or fn.__name__)
 
+    def put(self, value: Any) -> Any:
+        return value
+
     def get(self, handle: LocalHandle) -> Any:
         return handle.result()
 
@@ -126,6 +133,58 @@ class LocalExecutor:
 
     def close(self) -> None:
         pass
+
+
+class LazyExecutor:
+    """Starts the real executor only when a task must run: a fully cached rerun never starts Ray."""
+
+    def __init__(self, kind: str = "ray", address: str | None = None) -> None:
+        if kind not in ("ray", "local"):
+            raise ValueError(f"unknown executor {kind!r} (valid: ray, local)")
+        self.kind, self.address = kind, address
+        self._inner: RayExecutor | LocalExecutor | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._inner is not None
+
+    @property
+    def startup_seconds(self) -> float:
+        return self._inner.startup_seconds if self._inner is not None else 0.0
+
+    def _start(self) -> RayExecutor | LocalExecutor:
+        if self._inner is None:
+            self._inner = make_executor(self.kind, self.address)
+        return self._inner
+
+    def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
+        return self._start().submit(fn, *args, slot=slot, name=name)
+
+    def put(self, value: Any) -> Any:
+        return self._start().put(value)
+
+    def get(self, handle: Any) -> Any:
+        return self._start().get(handle)
+
+    def as_completed(self, handles: list[Any]) -> Iterator[tuple[Any, Any]]:
+        return self._start().as_completed(handles) if handles else iter(())
+
+    def run(self, fn: Callable, *args: Any, name: str | None = None) -> Any:
+        """fn(*args) as a task when the executor is up anyway, else right here (cheap nodes)."""
+        if self._inner is None:
+            try:
+                return fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported like a task failure
+                raise TaskFailed(name or fn.__name__, _last_line(e)) from e
+        return self.get(self.submit(fn, *args, name=name))
+
+    def cancel(self, handles: list[Any]) -> None:
+        if self._inner is not None:
+            self._inner.cancel(handles)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
 
 
 def make_executor(kind: str = "ray", address: str | None = None) -> RayExecutor | LocalExecutor:

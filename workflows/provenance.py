@@ -6,6 +6,7 @@ import hashlib
 import importlib
 import subprocess
 from functools import cache
+from collections.abc import Sequence
 from pathlib import Path
 
 import tasks
@@ -22,14 +23,25 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "none"
 
 
-def code_version(models: list[ModelConfig] = ()) -> str:  # type: ignore[assignment]
-    """Hash of the `tasks` package source plus any user adapter modules the spec names."""
+@cache
+def tasks_version() -> str:
+    """Hash of the `tasks` package source: any change there may change any result."""
     h = hashlib.sha256()
     for path in sorted(Path(tasks.__file__).parent.rglob("*.py")):
         h.update(path.read_bytes())
-    for m in models:
-        if m.type not in BUILTIN_MODEL_TYPES:
-            module = importlib.import_module(m.type.partition(":")[0])
-            if getattr(module, "__file__", None):
-                h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:12]
+
+
+def adapter_version(model_type: str) -> str:
+    """Hash of a user adapter's module ('' for built-in types, covered by tasks_version)."""
+    if model_type in BUILTIN_MODEL_TYPES:
+        return ""
+    module = importlib.import_module(model_type.partition(":")[0])
+    path = getattr(module, "__file__", None)
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] if path else ""
+
+
+def code_version(models: Sequence[ModelConfig] = ()) -> str:
+    """tasks_version plus the distinct user adapter modules the spec names (for run tags)."""
+    parts = [tasks_version(), *sorted({adapter_version(m.type) for m in models} - {""})]
+    return parts[0] if len(parts) == 1 else hashlib.sha256("+".join(parts).encode()).hexdigest()[:12]

@@ -34,3 +34,27 @@ class ExplodesOnFold:
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         raise AssertionError("never reached")
+
+
+class SlowLogistic:
+    """A logistic regression that sleeps in fit and logs each fit to a file: fits are counted, not timed."""
+
+    def __init__(self, config, ctx) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        self.sleep = float(config.params.get("sleep", 0.0))
+        self.log = config.params.get("log")
+        self.model = LogisticRegression(C=float(config.params.get("C", 1.0)), max_iter=2000)
+
+    def fit(self, X: pd.DataFrame, y: np.ndarray) -> None:
+        import os
+        import time
+
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{os.getpid()}\n")
+        time.sleep(self.sleep)
+        self.model.fit(X.to_numpy(), y)
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model.predict_proba(X.to_numpy())[:, 1]

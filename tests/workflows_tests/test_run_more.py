@@ -54,7 +54,8 @@ def test_csv_with_test_set_ids_categoricals_and_submission(ray_cluster, uri: str
 
 
 def test_local_executor_gives_the_same_oof_as_ray(breast_cancer_run, uri: str, tmp_path: Path) -> None:
-    local = run_cv(EXAMPLES / "breast_cancer.yaml", out=tmp_path, tracking_uri=uri, executor="local")
+    local = run_cv(EXAMPLES / "breast_cancer.yaml", out=tmp_path, tracking_uri=uri, executor="local", no_cache=True)
+    assert not any(local.summary["models"]["lgbm"]["cached"])
     for col in ("logreg", "lgbm", "ensemble"):
         np.testing.assert_allclose(local.oof[col], breast_cancer_run.oof[col], rtol=0, atol=1e-12)
     assert local.summary["folds"]["hash"] == breast_cancer_run.summary["folds"]["hash"]

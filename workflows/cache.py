@@ -1,0 +1,172 @@
+"""Content-addressed cache of DAG node results: never compute the same thing twice.
+
+A node's key hashes what its result depends on: its inputs' keys or fingerprints, its
+own config, and the code version (a hash of the `tasks` package and of any user adapter
+module). Entries are written atomically (temp file + rename) and carry a checksum, so a
+crash mid-write or a truncated file reads as a miss and is recomputed, never as a
+result. The root is a local folder (default `.foldwise/cache`) or an fsspec URI
+(s3://, gs://, ...) so cluster nodes can share it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ROOT = ".foldwise/cache"
+_MAGIC = b"FWC1"
+_HEADER = len(_MAGIC) + 32 + 8  # magic, sha256 of payload, payload length
+
+
+def resolve_root(explicit: str | None = None) -> str:
+    """--cache, then $FOLDWISE_CACHE, then .foldwise/cache in the working directory."""
+    return explicit or os.environ.get("FOLDWISE_CACHE") or DEFAULT_ROOT
+
+
+def key_of(*parts: Any) -> str:
+    """A stable hash of JSON-able parts (dicts are key-sorted)."""
+    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str
+    key: str
+    bytes: int
+    modified: float  # unix seconds
+
+
+class Cache:
+    """get/put of pickled results under <root>/<kind>/<key>.pkl; `enabled=False` makes every get miss."""
+
+    def __init__(self, root: str | None = None, enabled: bool = True) -> None:
+        self.root = resolve_root(root)
+        self.enabled = enabled
+        self.corrupt: list[str] = []  # entries found damaged and dropped this session
+        if "://" in self.root:
+            import fsspec
+
+            self.fs, self.base = fsspec.core.url_to_fs(self.root)
+        else:
+            self.fs, self.base = None, str(Path(self.root).resolve())
+
+    def _path(self, kind: str, key: str) -> str:
+        return f"{self.base}/{kind}/{key}.pkl"
+
+    def get(self, kind: str, key: str) -> Any | None:
+        if not self.enabled:
+            return None
+        path = self._path(kind, key)
+        try:
+            blob = self._read(path)
+        except FileNotFoundError:
+            return None
+        payload = _verify(blob)
+        if payload is None:
+            self.corrupt.append(f"{kind}/{key}")
+            print(f"foldwise: cache entry {kind}/{key} is damaged (truncated or altered); recomputing it",
+                  file=sys.stderr)
+            self._remove(path)
+            return None
+        return pickle.loads(payload)
+
+    def put(self, kind: str, key: str, value: Any) -> None:
+        payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        blob = _MAGIC + hashlib.sha256(payload).digest() + len(payload).to_bytes(8, "little") + payload
+        path = self._path(kind, key)
+        if self.fs is not None:
+            self.fs.makedirs(os.path.dirname(path), exist_ok=True)
+            self.fs.pipe_file(path, blob)  # object stores write whole objects or nothing
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: readers see the old entry, or the whole new one
+
+    def entries(self) -> list[Entry]:
+        out = []
+        if self.fs is not None:
+            found = self.fs.find(self.base, detail=True) if self.fs.exists(self.base) else {}
+            for path, info in found.items():
+                if path.endswith(".pkl"):
+                    kind, name = path.rstrip("/").split("/")[-2:]
+                    mtime = info.get("mtime") or info.get("LastModified") or 0
+                    out.append(Entry(kind, name[:-4], int(info.get("size", 0)), _seconds(mtime)))
+            return sorted(out, key=lambda e: e.modified)
+        base = Path(self.base)
+        if base.exists():
+            for p in base.glob("*/*.pkl"):
+                st = p.stat()
+                out.append(Entry(p.parent.name, p.stem, st.st_size, st.st_mtime))
+        return sorted(out, key=lambda e: e.modified)
+
+    def prune(self, older_than_seconds: float | None = None) -> list[Entry]:
+        """Remove entries older than the given age (all entries when None)."""
+        cutoff = time.time() - older_than_seconds if older_than_seconds is not None else float("inf")
+        removed = [e for e in self.entries() if e.modified < cutoff]
+        for e in removed:
+            self._remove(self._path(e.kind, e.key))
+        return removed
+
+    def _read(self, path: str) -> bytes:
+        if self.fs is not None:
+            if not self.fs.exists(path):
+                raise FileNotFoundError(path)
+            return self.fs.cat_file(path)
+        with open(path, "rb") as f:
+            return f.read()
+
+    def _remove(self, path: str) -> None:
+        try:
+            if self.fs is not None:
+                self.fs.rm(path)
+            else:
+                os.remove(path)
+        except FileNotFoundError:
+            pass
+
+
+def _verify(blob: bytes) -> bytes | None:
+    if len(blob) < _HEADER or not blob.startswith(_MAGIC):
+        return None
+    digest, length = blob[4:36], int.from_bytes(blob[36:44], "little")
+    payload = blob[_HEADER:]
+    if len(payload) != length or hashlib.sha256(payload).digest() != digest:
+        return None
+    return payload
+
+
+def _seconds(mtime: Any) -> float:
+    if hasattr(mtime, "timestamp"):
+        return float(mtime.timestamp())
+    return float(mtime)
+
+
+def source_stamp(source: str | None) -> Any:
+    """What identifies a data source's content cheaply: path + size + mtime (or URI info)."""
+    if source is None:
+        return None
+    if source.startswith("sklearn:"):
+        import sklearn
+
+        return [source, sklearn.__version__]
+    if "://" in source:
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(source)
+        info = fs.info(path)
+        return [source, info.get("size"), str(info.get("ETag") or info.get("mtime") or info.get("LastModified"))]
+    st = os.stat(source)
+    return [str(Path(source).resolve()), st.st_size, st.st_mtime_ns]
