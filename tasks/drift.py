@@ -34,6 +34,7 @@ from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from tasks.data import PreparedData
+from tasks.metrics import ovr_auc, rank_auc
 
 PSI_BINS = 10
 PSI_EPS = 1e-4  # floor on a bin's share, so an empty bin gives a large but finite PSI
@@ -435,13 +436,8 @@ def _binned_cv_score(x: np.ndarray, categorical: bool, y: np.ndarray, task: str,
         np.add.at(counts, (b_tr, y[tr].astype(np.int64)), 1.0)
         prior = np.bincount(y[tr].astype(np.int64), minlength=n_classes) / len(tr)
         proba = ((counts + prior) / (counts.sum(axis=1, keepdims=True) + 1))[b_va]
-        try:
-            if task == "binary":
-                scores.append(roc_auc_score(y[va], proba[:, 1]))
-            else:
-                scores.append(roc_auc_score(y[va], proba, multi_class="ovr", labels=np.arange(n_classes)))
-        except ValueError:  # a class absent from this held-out fold
-            scores.append(np.nan)
+        # NaN when a class is absent from this held-out fold
+        scores.append(rank_auc(y[va], proba[:, 1]) if task == "binary" else ovr_auc(y[va], proba))
     return float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
 
 

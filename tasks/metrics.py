@@ -42,6 +42,27 @@ def score(metric: str, task: str, y_true: np.ndarray, pred: np.ndarray) -> float
     return float(s._sign * s._score_func(y_true, pred, **s._kwargs))
 
 
+def rank_auc(y_true: np.ndarray, pred: np.ndarray) -> float:
+    """Binary ROC AUC as the Mann-Whitney statistic (ties get average ranks): equals sklearn's
+    roc_auc_score, without its per-call validation (~100x faster on small inputs, which
+    matters for bootstraps and per-column scans). NaN when only one class is present."""
+    from scipy.stats import rankdata
+
+    pos = np.asarray(y_true) == 1
+    n1 = int(pos.sum())
+    n0 = len(pos) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    return float((rankdata(pred)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def ovr_auc(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """Macro one-vs-rest AUC over classes 0..K-1 (sklearn's roc_auc_score(multi_class='ovr')).
+
+    NaN when a class is absent from y_true, where sklearn raises."""
+    return float(np.mean([rank_auc(np.asarray(y_true) == k, proba[:, k]) for k in range(proba.shape[1])]))
+
+
 def labels_of(pred: np.ndarray, task: str) -> np.ndarray:
     if task == "binary":
         return (np.asarray(pred) > 0.5).astype(int)

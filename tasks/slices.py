@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.metrics import score
+from tasks.metrics import rank_auc, score
 
 ALL_ROWS = "all rows (pooled OOF)"
 
@@ -174,17 +174,6 @@ def rank_features(frame: pd.DataFrame, signal: np.ndarray, columns: Sequence[str
 # --------------------------------------------------------------------------- paired delta on a slice
 
 
-def _auc(y: np.ndarray, p: np.ndarray) -> float:
-    from scipy.stats import rankdata
-
-    pos = y == 1
-    n1 = int(pos.sum())
-    n0 = len(y) - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    return float((rankdata(p)[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
-
-
 def _r2(y: np.ndarray, p: np.ndarray) -> float:
     ss = float(((y - y.mean()) ** 2).sum())
     return float(1 - ((y - p) ** 2).sum() / ss) if ss > 0 else float("nan")
@@ -193,7 +182,7 @@ def _r2(y: np.ndarray, p: np.ndarray) -> float:
 # metric -> (tasks, function of (y, pred)): exact closed forms, ~50x faster than the sklearn scorer
 # call per bootstrap resample; anything else falls back to tasks.metrics.score
 _FAST = {
-    "roc_auc": (("binary",), _auc),
+    "roc_auc": (("binary",), rank_auc),
     "accuracy": (("binary", "multiclass"), lambda y, p: float(
         (((p > 0.5).astype(int) if p.ndim == 1 else p.argmax(axis=1)) == y).mean())),
     "neg_root_mean_squared_error": (("regression",), lambda y, p: -float(np.sqrt(((y - p) ** 2).mean()))),

@@ -10,6 +10,8 @@ from workflows.cli import EXIT_OK, add_common_arguments, bad_input, failed
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
+    p.add_argument("--no-checks", action="store_true",
+                   help="skip the cheap data checks (warnings, full-file errors) that run before any task")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -20,7 +22,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         result = run_cv(args.spec, overrides=args.overrides, out=args.out, tracking_uri=args.tracking_uri,
                         address=args.address, executor=args.executor, progress=not args.no_progress,
-                        no_cache=args.no_cache, cache_root=args.cache_root)
+                        no_cache=args.no_cache, cache_root=args.cache_root, checks=not args.no_checks)
     except (SpecError, InputError) as e:
         return bad_input(str(e))
     except RunFailed as e:

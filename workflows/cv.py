@@ -8,6 +8,7 @@ slots), gather as they finish, then blend on OOF only.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,7 @@ from tasks.report import (
 )
 from tasks.train import FoldResult, train_fold
 from workflows import tracking as tk
-from workflows.check import Inputs, validate_inputs
+from workflows.check import Inputs, data_warnings, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
 from workflows.provenance import adapter_version, code_version, git_commit, tasks_version
@@ -84,10 +85,13 @@ def model_config(spec_model: Any) -> ModelConfig:
 
 def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
            tracking_uri: str | None = None, address: str | None = None, executor: str = "ray",
-           progress: bool = False, no_cache: bool = False, cache_root: str | None = None) -> CVResult:
+           progress: bool = False, no_cache: bool = False, cache_root: str | None = None,
+           checks: bool = True) -> CVResult:
     """The Python API of `foldwise run` (same data as summary.json, plus the OOF frame).
 
-    Raises SpecError/InputError (nothing started, nothing logged) or RunFailed.
+    `checks` runs the cheap data checks of `foldwise check` first (no model, no drift):
+    their errors stop the run before any task, their warnings go to stderr, summary.json
+    and the MLflow run. Raises SpecError/InputError (nothing started, nothing logged) or RunFailed.
     """
     wall_start = time.perf_counter()
     if not isinstance(spec, WorkflowSpec):
@@ -96,9 +100,12 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
     models = [model_config(m) for m in spec.models]
     version = code_version(models)
     keys = node_keys(spec, inputs, models, version)
+    cache = Cache(cache_root, enabled=not no_cache)
+    warnings = _data_warnings(cache, spec, inputs, keys) if checks else []
+    for line in warnings:
+        print(f"foldwise: warning: {line}", file=sys.stderr)
     phases = {"validate": time.perf_counter() - wall_start}
     ex = LazyExecutor(executor, address)
-    cache = Cache(cache_root, enabled=not no_cache)
     try:
         dag = _submit(ex, cache, spec, inputs, models, keys)  # runs while MLflow is set up below
     except TaskFailed as e:
@@ -118,7 +125,7 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
                                                                                   "cv.scheme": inputs.scheme})
         result = _gather(ex, cache, dag, spec, inputs, models, keys, tracker, children, progress)
         result = _finish(spec, inputs, models, result, tracker, parent, children, out, ex.startup_seconds,
-                         wall_start, phases | result.phases)
+                         wall_start, phases | result.phases, warnings)
         ok = True
         return result
     except TaskFailed as e:
@@ -133,6 +140,16 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
                 tracker.finish(run_id, ok)
         tracker.finish(parent, ok)
         ex.close()
+
+
+def _data_warnings(cache: Cache, spec: WorkflowSpec, inputs: Inputs, keys: NodeKeys) -> list[str]:
+    """The cheap checks' warnings, cached with the data they read (errors are never cached)."""
+    key = key_of("checks", keys.data, spec.cv.seed)
+    found = cache.get("checks", key)
+    if found is None:
+        found = data_warnings(spec, inputs)
+        cache.put("checks", key, found)
+    return found
 
 
 @dataclass(frozen=True)
@@ -263,7 +280,7 @@ def _average_test(results: list[FoldResult]) -> np.ndarray:
 
 def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: DagOutput, tracker: tk.Tracker,
             parent: str, children: dict[str, str], out: str | Path | None, startup_seconds: float,
-            wall_start: float, phases: dict[str, float]) -> CVResult:
+            wall_start: float, phases: dict[str, float], warnings: list[str]) -> CVResult:
     tick = time.perf_counter()
     data, plan, ens = dag.data, dag.plan, dag.ensemble
     out_dir = Path(out) if out else Path("outputs") / spec.name / parent
@@ -318,6 +335,7 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         "models": model_summaries,
         "ensemble": {"method": ens.method, "weights": ens.weights, "cv_score": ens.cv_score,
                      "fold_scores": list(ens.fold_scores), "cached": dag.ensemble_cached},
+        "warnings": warnings,
         "wall_seconds": time.perf_counter() - wall_start,
         "startup_seconds": startup_seconds,
         "phase_seconds": phases | {"outputs_and_tracking": time.perf_counter() - tick},
@@ -326,7 +344,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     tracker.log(parent, metrics={tk.M_CV_SCORE: ens.cv_score, "wall_seconds": summary["wall_seconds"],
                                  "startup_seconds": startup_seconds} | {f"{tk.M_CV_SCORE}.{k}": v["cv_score"] for k, v in model_summaries.items()},
-                tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint},
+                tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint,
+                      tk.TAG_DATA_WARNINGS: str(len(warnings))},
                 steps={tk.M_FOLD_SCORE: ens.fold_scores})
     tracker.log_artifacts(parent, out_dir)
     return CVResult(summary=summary, oof=oof, out_dir=out_dir, leaderboard=leaderboard,

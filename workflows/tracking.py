@@ -27,6 +27,7 @@ TAG_RUN_NAME = "mlflow.runName"
 TAG_NOTE = "mlflow.note.content"
 TAG_HOST = "foldwise.host"
 TAG_PID = "foldwise.pid"
+TAG_DATA_WARNINGS = "foldwise.data_warnings"  # how many; the lines are in summary.json
 # metrics
 M_FOLD_SCORE = "fold_score"
 M_CV_SCORE = "cv_score"

@@ -226,3 +226,18 @@ def test_frame_warnings_cover_each_check() -> None:
     assert "'new'" in unseen.message and "5.0% of test rows" in unseen.message
     # the id column is a row counter here, uncorrelated with y: not flagged
     assert not any(f.code in ("id_tracks_target", "row_order_tracks_target") for f in found)
+
+
+def test_closed_form_aucs_equal_sklearn() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from tasks.metrics import ovr_auc, rank_auc
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.uniform(size=300) + 0.3 * y, 2)  # rounded: ties must get average ranks
+    assert rank_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    y3 = rng.integers(0, 3, 300)
+    proba = rng.dirichlet(np.ones(3), size=300)
+    assert ovr_auc(y3, proba) == pytest.approx(roc_auc_score(y3, proba, multi_class="ovr"), abs=1e-12)
+    assert np.isnan(rank_auc(np.zeros(5), np.arange(5.0)))

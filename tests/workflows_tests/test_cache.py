@@ -102,9 +102,9 @@ def test_cache_entries_and_prune(workspace: Path) -> None:
     go(spec(workspace / "d.csv", log), workspace)
     cache = Cache(str(workspace / "cache"))
     kinds = {e.kind for e in cache.entries()}
-    assert kinds == {"data", "plan", "fold", "ensemble"}
+    assert kinds == {"checks", "data", "plan", "fold", "ensemble"}
     assert cache.prune(older_than_seconds=3600) == []
-    assert len(cache.prune()) == len(kinds) - 3 + 8 + 2
+    assert len(cache.prune()) == 1 + 1 + 1 + 8 + 1  # checks, data, plan, 2 models x 4 folds, ensemble
     assert cache.entries() == []
 
 

@@ -248,3 +248,30 @@ def test_a_failing_task_exits_1_and_marks_the_run_failed(data: Path, store: Path
     assert code == 1 and "adversarial_fold[fold=0]" in err and "MemoryError" in err and "marked FAILED" in err
     run_id = err.split("MLflow run ")[1].split()[0]
     assert MlflowClient(f"sqlite:///{store}").get_run(run_id).info.status == "FAILED"
+
+
+def test_foldwise_run_checks_first_warns_and_logs(ray_cluster, data: Path, tmp_path: Path, capsys) -> None:
+    """`foldwise run` runs the cheap checks before any task: warnings on stderr, in summary.json and on the run."""
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path / "mlflow.db"
+    code = main(["run", str(spec_file(data, "run_leak", train="train_leak.csv")), "--tracking-uri", f"sqlite:///{db}",
+                 "--out", str(tmp_path / "out"), "--no-progress", "--set", "cv.folds=2",
+                 "--set", "models.0.params.n_estimators=5"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "foldwise: warning: column 'leak' alone predicts the target" in captured.err
+    summary = json.loads(Path(captured.out.strip().splitlines()[-1]).read_text())
+    assert any("'leak' alone predicts" in w for w in summary["warnings"])
+    run = MlflowClient(f"sqlite:///{db}").get_run(summary["run_id"])
+    assert run.data.tags["foldwise.data_warnings"] == str(len(summary["warnings"])) != "0"
+
+
+def test_foldwise_run_stops_on_an_error_only_a_full_read_finds(data: Path, tmp_path: Path, capsys) -> None:
+    """A column numeric in train but text past test's first 1000 rows: exit 2 before Ray, nothing written."""
+    db, out = tmp_path / "mlflow.db", tmp_path / "out"
+    code = main(["run", str(spec_file(data, "run_text_late", train="small.csv", test="test_text_late.csv")),
+                 "--tracking-uri", f"sqlite:///{db}", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err and "column 'b' is numeric (float64) in train but text/categorical" in err
+    assert not db.exists() and not out.exists()
