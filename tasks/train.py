@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 
 from tasks.data import PreparedData
 from tasks.features import fit_vocabulary, frame
@@ -26,6 +29,8 @@ class FoldResult:
     fit_seconds: float
     predict_seconds: float
     model_bytes: int  # pickled size of the fitted adapter
+    peak_memory_bytes: int = -1  # most resident memory the fold added over its worker's start (-1: unknown)
+    importance: dict[str, float] | None = field(default=None)  # per column, when the adapter reports it
 
 
 def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str, seed: int) -> FoldResult:
@@ -35,13 +40,15 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
     ctx = FitContext(task=data.task, n_classes=data.n_classes, categorical=data.categorical, seed=seed,
                      n_threads=max(1, int(config.cpus)), gpus=config.gpus)
     model = create_model(config, ctx)
-    start = time.perf_counter()
-    model.fit(frame(data, data.X[train_rows], vocab), data.y[train_rows])
-    fit_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    oof = np.asarray(model.predict(frame(data, data.X[valid_rows], vocab)))
-    predict_seconds = time.perf_counter() - start
-    test = np.asarray(model.predict(frame(data, data.X_test, vocab))) if data.X_test is not None else None
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        model.fit(frame(data, data.X[train_rows], vocab), data.y[train_rows])
+        fit_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        oof = np.asarray(model.predict(frame(data, data.X[valid_rows], vocab)))
+        predict_seconds = time.perf_counter() - start
+        test = np.asarray(model.predict(frame(data, data.X_test, vocab))) if data.X_test is not None else None
+    importance = getattr(model, "feature_importance", None)
     try:
         model_bytes = len(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
     except Exception:  # noqa: BLE001 - some user adapters hold unpicklable handles; size unknown
@@ -50,4 +57,35 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
         model=config.name, fold=fold, valid_rows=valid_rows, oof=oof, test=test,
         score=score(metric, data.task, data.y[valid_rows], oof),
         fit_seconds=fit_seconds, predict_seconds=predict_seconds, model_bytes=model_bytes,
+        peak_memory_bytes=memory.peak_bytes, importance=importance() if importance else None,
     )
+
+
+class PeakMemory:
+    """Peak resident memory added over the start of a `with` block, sampled every 20 ms.
+
+    Workers are reused between folds, so the process's lifetime peak (ru_maxrss) would mix
+    folds; sampling RSS inside the block measures this fold alone (short spikes between
+    samples are missed, so it is a floor)."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self.peak_bytes = -1
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakMemory:
+        self._proc = psutil.Process(os.getpid())
+        self._base = self._peak = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._peak = max(self._peak, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._peak = max(self._peak, self._proc.memory_info().rss)
+        self.peak_bytes = int(self._peak - self._base)

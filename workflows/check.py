@@ -53,7 +53,28 @@ def validate_inputs(spec: WorkflowSpec) -> Inputs:
         problem = _model_param_problem(model.type, model.estimator, model.params)
         if problem:
             raise InputError(f"models.{i}.params ({model.name}): {problem}")
-    return Inputs(task=task, metric=metric, scheme=scheme, data=data_config(spec, task), summary=summary)
+    config = data_config(spec, task)
+    problem = _slice_problem(spec.slices, config)
+    if problem:
+        raise InputError(problem)
+    return Inputs(task=task, metric=metric, scheme=scheme, data=config, summary=summary)
+
+
+def _slice_problem(slices: dict[str, str], config: DataConfig) -> str | None:
+    """A spec slice that cannot be evaluated on the feature columns (+ `fold`), checked on the first rows."""
+    if not slices:
+        return None
+    from tasks.data import feature_columns, read_header
+    from tasks.slices import SliceError, slice_mask
+
+    head = read_header(config.train)
+    head = head[feature_columns(list(head.columns), config)].assign(fold=0)
+    for name, query in slices.items():
+        try:
+            slice_mask(head, name, query)
+        except SliceError as e:
+            return f"slices.{name}: {str(e).removeprefix(f'slice {name!r}: ')} (slices see the feature columns and `fold`)"
+    return None
 
 
 def _model_param_problem(kind: str, estimator: str | None, params: dict) -> str | None:

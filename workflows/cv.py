@@ -30,6 +30,7 @@ from tasks.report import (
     submission_frame,
     test_frame,
 )
+from tasks.slices import feature_frame, slice_scores
 from tasks.train import FoldResult, train_fold
 from workflows import tracking as tk
 from workflows.check import Inputs, data_warnings, validate_inputs
@@ -293,7 +294,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         model_summaries[m.name] = {
             "cv_score": float(np.mean(scores)), "fold_scores": scores,
             "fit_seconds": [r.fit_seconds for r in rs], "predict_seconds": [r.predict_seconds for r in rs],
-            "model_bytes": [r.model_bytes for r in rs], "cached": dag.cached[m.name],
+            "model_bytes": [r.model_bytes for r in rs], tk.M_PEAK_MEMORY: [r.peak_memory_bytes for r in rs],
+            "cached": dag.cached[m.name],
         }
         rows.append(LeaderboardRow(m.name, float(np.mean(scores)), tuple(scores), sum(r.fit_seconds for r in rs)))
         tracker.log(children[m.name],
@@ -301,7 +303,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
                                                                      "cv.folds": plan.n_folds, "cv.seed": plan.seed},
                     metrics={tk.M_CV_SCORE: float(np.mean(scores)), tk.M_MODEL_BYTES: float(np.mean([r.model_bytes for r in rs]))},
                     tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint},
-                    steps={tk.M_FIT_SECONDS: [r.fit_seconds for r in rs], tk.M_PREDICT_SECONDS: [r.predict_seconds for r in rs]})
+                    steps={tk.M_FIT_SECONDS: [r.fit_seconds for r in rs], tk.M_PREDICT_SECONDS: [r.predict_seconds for r in rs],
+                           tk.M_PEAK_MEMORY: [float(r.peak_memory_bytes) for r in rs]})
         tracker.finish(children[m.name], ok=True)
     if len(models) > 1:
         rows.append(LeaderboardRow(f"ensemble ({ens.method})", ens.cv_score, tuple(ens.fold_scores), 0.0,
@@ -310,7 +313,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
     oof_preds = {n: _assemble_oof(rs, len(data.y)) for n, rs in dag.folds.items()} | {"ensemble": ens.oof}
     oof = oof_frame(data, plan, oof_preds)
     outputs: dict[str, Path | None] = {"oof": out_dir / "oof.parquet", "test_predictions": None,
-                                       "submission": None, "leaderboard": out_dir / "leaderboard.md"}
+                                       "submission": None, "leaderboard": out_dir / "leaderboard.md",
+                                       "feature_importance": None}
     oof.to_parquet(outputs["oof"], index=False)
     outputs["leaderboard"].write_text(f"# {spec.name}: cross-validation leaderboard\n\n{leaderboard}")
     if data.X_test is not None and ens.test is not None:
@@ -320,6 +324,11 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         test_frame(data, test_preds).to_parquet(outputs["test_predictions"], index=False)
         submission_frame(data, ens.test).to_csv(outputs["submission"], index=False)
     (out_dir / "spec.yaml").write_text(to_yaml(spec))
+    importances = {n: imp for n, rs in dag.folds.items() if (imp := mean_importance(rs))}
+    if importances:
+        outputs["feature_importance"] = out_dir / "feature_importance.json"
+        outputs["feature_importance"].write_text(json.dumps(importances, indent=1))
+    slices = slice_summary(spec.slices, data, plan, oof_preds, inputs.metric)
     summary = {
         "command": "run",
         "experiment": spec.experiment,
@@ -335,6 +344,7 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         "models": model_summaries,
         "ensemble": {"method": ens.method, "weights": ens.weights, "cv_score": ens.cv_score,
                      "fold_scores": list(ens.fold_scores), "cached": dag.ensemble_cached},
+        "slices": slices,
         "warnings": warnings,
         "wall_seconds": time.perf_counter() - wall_start,
         "startup_seconds": startup_seconds,
@@ -342,14 +352,36 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         "outputs": {k: str(v) if v is not None else None for k, v in outputs.items()},
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    slice_metrics = {tk.metric_key(tk.M_SLICE, name, model): v for name, row in slices.items()
+                     for model, v in row["scores"].items() if not np.isnan(v)}
     tracker.log(parent, metrics={tk.M_CV_SCORE: ens.cv_score, "wall_seconds": summary["wall_seconds"],
-                                 "startup_seconds": startup_seconds} | {f"{tk.M_CV_SCORE}.{k}": v["cv_score"] for k, v in model_summaries.items()},
+                                 "startup_seconds": startup_seconds} | slice_metrics
+                | {f"{tk.M_CV_SCORE}.{k}": v["cv_score"] for k, v in model_summaries.items()},
                 tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint,
                       tk.TAG_DATA_WARNINGS: str(len(warnings))},
                 steps={tk.M_FOLD_SCORE: ens.fold_scores})
     tracker.log_artifacts(parent, out_dir)
     return CVResult(summary=summary, oof=oof, out_dir=out_dir, leaderboard=leaderboard,
                     fold_results=tuple(r for rs in dag.folds.values() for r in rs))
+
+
+def mean_importance(results: list[FoldResult]) -> dict[str, float]:
+    """A model's per-column importance averaged over folds ({} when its adapter reports none)."""
+    per_fold = [r.importance for r in results if r.importance]
+    if not per_fold:
+        return {}
+    columns = sorted({c for imp in per_fold for c in imp})
+    return {c: float(np.mean([imp.get(c, 0.0) for imp in per_fold])) for c in columns}
+
+
+def slice_summary(slices: dict[str, str], data: PreparedData, plan: FoldPlan, oof: dict[str, np.ndarray],
+                  metric: str) -> dict[str, dict[str, Any]]:
+    """Each spec slice's OOF score per model and the ensemble: {name: {query, rows, scores{model: score}}}."""
+    if not slices:
+        return {}
+    frame = feature_frame(data.X, data.columns, data.categories).assign(fold=plan.fold_of_row)
+    table = slice_scores(frame, slices, data.y, oof, metric, data.task)
+    return {name: {"query": slices[name], "rows": int(row.pop("rows")), "scores": row} for name, row in table.items()}
 
 
 def _model_params(m: ModelConfig) -> dict[str, Any]:

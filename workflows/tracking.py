@@ -36,6 +36,7 @@ M_PREDICT_SECONDS = "predict_seconds"
 M_MODEL_BYTES = "model_bytes"
 M_PEAK_MEMORY = "peak_memory_bytes"  # per fold, when a run records it
 M_WALL_SECONDS = "wall_seconds"
+M_SLICE = "slice"  # slice.<name>.<model>: a spec slice's OOF score, on the run parent
 # compare: which run B was last compared against (the write-up is B's run description)
 TAG_COMPARED_WITH = "foldwise.compare.against"
 COMPARE_ARTIFACT_DIR = "compare"
@@ -133,6 +134,13 @@ def process_tags() -> dict[str, str]:
     import socket
 
     return {TAG_HOST: socket.gethostname(), TAG_PID: str(os.getpid())}
+
+
+def metric_key(*parts: str) -> str:
+    """Dot-joined parts with the characters MLflow refuses in metric names replaced by '_'."""
+    import re
+
+    return ".".join(re.sub(r"[^\w\-. /]", "_", p) for p in parts)
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:

@@ -64,6 +64,8 @@ class Model(Protocol):
 
     def predict(self, X: pd.DataFrame) -> np.ndarray: ...
 
+    # Optional: `feature_importance() -> dict[column, float] | None` after fit, for write-ups.
+
 
 def resolve_model_class(type_name: str) -> type:
     """A builtin name or 'package.module:ClassName' -> the adapter class."""

@@ -85,10 +85,12 @@ class LightGBMModel:
         self.estimator: lgb.LGBMModel | None = None
         self.best_iteration: int | None = None
         self._names: list[str] | None = None
+        self._columns: list[str] = []  # the frame's own names, which _names may have sanitised
 
     def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
         """X with column names LightGBM accepts (it refuses JSON-special characters)."""
         if self._names is None:
+            self._columns = list(X.columns)
             names = [_BAD_NAME_CHARS.sub("_", str(c)) for c in X.columns]
             self._names = names if len(set(names)) == len(names) else [f"f{i}" for i in range(X.shape[1])]
         if list(X.columns) == self._names:
@@ -127,6 +129,11 @@ class LightGBMModel:
         self.estimator.fit(X.iloc[fit_idx], y[fit_idx], **evals,
                            callbacks=[lgb.early_stopping(int(self.early_stopping_rounds), verbose=False)])
         self.best_iteration = int(self.estimator.best_iteration_)
+
+    def feature_importance(self) -> dict[str, float]:
+        """Total split gain per original column name (for write-ups' importance shifts)."""
+        gains = self.estimator.booster_.feature_importance(importance_type="gain")
+        return {str(c): float(g) for c, g in zip(self._columns, gains, strict=True)}
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         X = self._frame(X)

@@ -48,6 +48,33 @@ class SklearnModel:
         self.pipeline = Pipeline([("prep", prep), ("model", self.estimator)])
         self.pipeline.fit(X, y)
 
+    def feature_importance(self) -> dict[str, float] | None:
+        """|coef_| or feature_importances_ per original column (one-hot columns summed), when the estimator has them.
+
+        A coefficient's size depends on the preprocessing's scale: read shares, not values."""
+        model = self.pipeline.named_steps["model"]
+        if hasattr(model, "feature_importances_"):
+            values = np.asarray(model.feature_importances_, dtype=float)
+        elif hasattr(model, "coef_"):
+            coef = np.abs(np.asarray(model.coef_, dtype=float))
+            values = coef.reshape(-1, coef.shape[-1]).mean(axis=0)
+        else:
+            return None
+        prep = self.pipeline.named_steps["prep"]
+        owners: list[str] = []
+        for name, transformer, columns in prep.transformers_:
+            if name == "num":
+                owners += list(columns)
+            elif name == "cat":
+                levels = transformer.named_steps["onehot"].categories_
+                owners += [c for c, cats in zip(columns, levels, strict=True) for _ in cats]
+        if len(owners) != len(values):
+            return None
+        out: dict[str, float] = {}
+        for col, v in zip(owners, values, strict=True):
+            out[str(col)] = out.get(str(col), 0.0) + float(v)
+        return out
+
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         if self.ctx.task == "regression":
             return np.asarray(self.pipeline.predict(X), dtype=np.float64)

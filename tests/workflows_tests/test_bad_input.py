@@ -71,6 +71,7 @@ CASES = {
     "folds < 2": (dict(), ["cv.folds=1"], "spec key 'cv.folds': must be at least 2"),
     "folds > rows": (dict(), ["cv.folds=61", "cv.scheme=kfold"], "cv.folds=61 is more than the 60 rows"),
     "bad override": (dict(), ["models.3.name=x"], "needs a list index below 1"),
+    "slice on an unknown column": (dict(slices={"big": "`c` > 1"}), [], "slices.big: cannot evaluate '`c` > 1'"),
 }
 
 

@@ -30,7 +30,7 @@ def test_summary_has_the_contract_keys(breast_cancer_run) -> None:
         assert len(m["fold_scores"]) == len(m["fit_seconds"]) == len(m["cached"]) == 5
         assert m["cv_score"] == pytest.approx(np.mean(m["fold_scores"]))
     assert set(s["ensemble"]) >= {"method", "weights", "cv_score"}
-    assert set(s["outputs"]) == {"oof", "test_predictions", "submission", "leaderboard"}
+    assert set(s["outputs"]) == {"oof", "test_predictions", "submission", "leaderboard", "feature_importance"}
     assert s["outputs"]["submission"] is None  # no test set in this example
     assert 0 <= s["startup_seconds"] < s["wall_seconds"]
 
@@ -97,3 +97,25 @@ def test_leaderboard_lists_models_and_ensemble(breast_cancer_run) -> None:
     text = Path(breast_cancer_run.summary["outputs"]["leaderboard"]).read_text()
     for name in ("logreg", "lgbm", "ensemble (weights)"):
         assert name in text
+
+
+def test_run_records_what_a_write_up_needs(breast_cancer_run, session_dir: Path) -> None:
+    """Per-slice scores (recomputed here from the OOF), per-fold peak memory, importances."""
+    from mlflow.tracking import MlflowClient
+    from sklearn.metrics import roc_auc_score
+
+    s, oof = breast_cancer_run.summary, breast_cancer_run.oof
+    X = load_breast_cancer(as_frame=True).data
+    large = (X["mean radius"] > 15).to_numpy()
+    sl = s["slices"]["large"]
+    assert sl["query"] == "`mean radius` > 15" and sl["rows"] == int(large.sum()) > 50
+    for col in ("logreg", "lgbm", "ensemble"):
+        assert sl["scores"][col] == pytest.approx(roc_auc_score(oof["target"][large].astype(int), oof[col][large]), abs=1e-12)
+    client = MlflowClient(f"sqlite:///{session_dir / 'mlflow.db'}")
+    assert client.get_run(s["run_id"]).data.metrics["slice.large.ensemble"] == pytest.approx(sl["scores"]["ensemble"])
+    for m in s["models"].values():
+        assert len(m["peak_memory_bytes"]) == 5 and all(b >= 0 for b in m["peak_memory_bytes"])
+    imp = json.loads(Path(s["outputs"]["feature_importance"]).read_text())
+    assert set(imp) == {"logreg", "lgbm"} and set(imp["lgbm"]) == set(X.columns)
+    top = max(imp["lgbm"], key=imp["lgbm"].get)
+    assert top.startswith("worst"), top  # gain concentrates on the 'worst *' family on this data
