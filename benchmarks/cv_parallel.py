@@ -82,7 +82,9 @@ def write_spec(path: Path, data: Path, folds: int, model: dict, name: str) -> Pa
 def run_foldwise(spec: Path, out: Path, uri: str) -> dict:
     from workflows.cv import run_cv
 
-    return run_cv(spec, out=out, tracking_uri=uri).summary
+    # no_cache: every run computes (results are still written to the cache, as a user's first run does);
+    # the cache root is the benchmark's own folder, so nothing from an earlier run is read either way.
+    return run_cv(spec, out=out, tracking_uri=uri, no_cache=True, cache_root=str(out.parent / "cache")).summary
 
 
 def main() -> None:
@@ -129,7 +131,7 @@ def main() -> None:
     import ray
 
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray_startup = time.perf_counter() - start
     with PeakPSS() as mem_fw:
         s = run_foldwise(write_spec(out / "lgbm.yaml", data_path, args.folds, lgbm, "bench-lgbm"), out / "run-lgbm", uri)
