@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -68,3 +71,17 @@ def leaderboard_markdown(rows: list[LeaderboardRow], metric: str) -> str:
         lines.append(f"| {i} | {r.name} | {r.cv_score:.5f} | {scores.std(ddof=1) if len(scores) > 1 else 0:.5f} | "
                      f"{scores.min():.5f} | {r.fit_seconds:.2f} | {r.note} |")
     return "\n".join(lines) + "\n"
+
+
+def write_json(path: Path, value: Any) -> Path:
+    """`value` as indented JSON, numpy scalars and arrays as plain numbers and lists (summary.json)."""
+    path.write_text(json.dumps(value, indent=2, default=_plain))
+    return path
+
+
+def _plain(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

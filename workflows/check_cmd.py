@@ -11,9 +11,7 @@ nothing to compare, so only the checks run and Ray never starts.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -34,6 +32,7 @@ from tasks.drift import (
     summarise_adversarial,
 )
 from workflows.check import DataFindings, Inputs, InputError, data_findings, validate_inputs
+from tasks.report import write_json
 from workflows.cli import EXIT_OK, add_common_arguments, bad_input, failed
 from workflows.spec import WorkflowSpec, load_spec
 
@@ -278,13 +277,13 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, findings: DataFindings, referenc
     report = check_markdown(spec, summary, adversarial, drift, warnings)
     outputs["report"].write_text(report)
     summary["wall_seconds"] = time.perf_counter() - wall_start
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    write_json(out_dir / "summary.json", summary)
     metrics = {"n_warnings": len(warnings), "wall_seconds": summary["wall_seconds"]}
     if adversarial is not None:
         metrics |= {"adversarial_auc": adversarial.auc, "adversarial_auc_lo": adversarial.ci[0],
                     "adversarial_auc_hi": adversarial.ci[1], "adversarial_oof_auc": adversarial.oof_auc,
                     "max_psi": max(d.psi for d in drift)}
-        metrics |= {f"psi.{_metric_name(d.feature)}": d.psi for d in drift[:200]}
+        metrics |= {tk.metric_key("psi", d.feature): d.psi for d in drift[:200]}
     tracker.log(parent, metrics=metrics, tags={"foldwise.check.compared": compared["kind"]},
                 steps={"adversarial_fold_auc": adversarial.fold_aucs} if adversarial else None)
     tracker.log_artifacts(parent, out_dir)
@@ -447,16 +446,3 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _metric_name(feature: str) -> str:
-    """MLflow metric names allow letters, digits, _ - . / and spaces."""
-    return re.sub(r"[^A-Za-z0-9_\-. /]", "_", feature)
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -72,6 +72,7 @@ def compare(run_a: str, run_b: str, *, out: str | Path | None = None, tracking_u
             n_boot: int = 200, log: bool = True, seed: int = 0) -> CompareResult:
     """The Python API of `foldwise compare`. Raises CompareInputError before writing anything."""
     from tasks.compare import compare_runs, note_markdown, plot_fold_deltas, plot_slice_grid, sections, to_html, to_markdown
+    from tasks.report import write_json
     from tasks.slices import SliceError
     from workflows import tracking as tk
 
@@ -128,7 +129,7 @@ def compare(run_a: str, run_b: str, *, out: str | Path | None = None, tracking_u
                     **{k: str(out_dir / v) for k, v in plots.items()}},
     }
     summary["wall_seconds"] = time.perf_counter() - start
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    write_json(out_dir / "summary.json", summary)
     if log:
         reader.log_artifacts(rec_b.run_id, out_dir, artifact_dir)
         reader.set_description(rec_b.run_id, note, {tk.TAG_COMPARED_WITH: rec_a.run_id})
@@ -272,12 +273,3 @@ def _sum_importances(per_model: list[dict[str, float]]) -> dict[str, float] | No
             out[f] = out.get(f, 0.0) + abs(v) / total
     return out or None
 
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

@@ -24,6 +24,7 @@ from tasks.ensemble import EnsembleResult, blend
 from tasks.folds import FoldPlan, plan_folds
 from tasks.models import ModelConfig
 from tasks.report import (
+    write_json,
     LeaderboardRow,
     leaderboard_markdown,
     oof_frame,
@@ -351,7 +352,7 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         "phase_seconds": phases | {"outputs_and_tracking": time.perf_counter() - tick},
         "outputs": {k: str(v) if v is not None else None for k, v in outputs.items()},
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    write_json(out_dir / "summary.json", summary)
     slice_metrics = {tk.metric_key(tk.M_SLICE, name, model): v for name, row in slices.items()
                      for model, v in row["scores"].items() if not np.isnan(v)}
     tracker.log(parent, metrics={tk.M_CV_SCORE: ens.cv_score, "wall_seconds": summary["wall_seconds"],
@@ -392,13 +393,6 @@ def _model_params(m: ModelConfig) -> dict[str, Any]:
 def _describe_failure(e: TaskFailed) -> str:
     return f"{e.task}: {e.error}"
 
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 class _progress_bar:

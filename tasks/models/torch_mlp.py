@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any
 
 import numpy as np
 import pandas as pd

@@ -15,7 +15,7 @@ import pytest
 from tasks.ensemble import blend
 from tasks.folds import assign_folds
 from workflows.cli import main
-from workflows.cv import RunFailed, run_cv
+from workflows.cv import run_cv
 from workflows.demo_data import write_churn
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
