@@ -259,20 +259,52 @@ def _run_dag(ex: CountingExecutor, cache: Cache, sub: Any, spec: WorkflowSpec, i
     phases["permutation_importance"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    y = data.y
-    oof = {node: _assemble_oof(rs, len(y)) for node, rs in folds.items()}
-    stats: dict[str, dict[str | None, PairedDelta]] = {}
-    for i, v in enumerate(variants[1:], 1):
-        seed = spec.cv.seed + i  # one stream per variant, reproducible
-        stats[v.name] = {None: paired_delta(inputs.metric, data.task, y, plan, headline[BASELINE][0],
-                                            headline[v.name][0], n_boot, seed)}
-        for m in base:
-            stats[v.name][m.name] = paired_delta(inputs.metric, data.task, y, plan, oof[m.name],
-                                                 oof[node_name(v, m)], n_boot, seed)
+    stats = _statistics(ex, spec, inputs, data, plan, base, variants, folds, headline, n_boot,
+                        sole=ens_names[0] if len(ens_names) == 1 else None)
     phases["statistics"] = time.perf_counter() - tick
     cached = {node: [(node, k) in sub.cached for k in range(plan.n_folds)] for node in folds}
     return AblationDag(data=data, plan=plan, folds=folds, headline=headline, stats=stats, importance=importance,
                        cached=cached, phases=phases)
+
+
+def _statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, data: Any, plan: Any,
+                base: list[ModelConfig], variants: list[Variant], folds: dict[str, list[FoldResult]],
+                headline: dict[str, tuple[np.ndarray, list[float]]], n_boot: int,
+                sole: str | None) -> dict[str, dict[str | None, PairedDelta]]:
+    """paired_delta of every variant vs the baseline: its headline (key None) and each model.
+
+    Tasks in parallel when the executor is up anyway, else here; with a one-model
+    ensemble the headline is that model, computed once.
+    """
+    y = data.y
+    oof = {node: _assemble_oof(rs, len(y)) for node, rs in folds.items()}
+    calls: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, int]] = {}
+    for i, v in enumerate(variants[1:], 1):
+        seed = spec.cv.seed + i  # one resampling stream per variant, shared by its comparisons
+        if sole is None:
+            calls[(v.name, None)] = (headline[BASELINE][0], headline[v.name][0], seed)
+        for m in base:
+            calls[(v.name, m.name)] = (oof[m.name], oof[node_name(v, m)], seed)
+    if ex.started:
+        y_ref, plan_ref = ex.put(y), ex.put(plan)
+        handles = {ex.submit(paired_delta, inputs.metric, data.task, y_ref, plan_ref, b, vv, n_boot, seed,
+                             name=f"paired_delta[variant={key[0]}, model={key[1] or 'ensemble'}]"): key
+                   for key, (b, vv, seed) in calls.items()}
+        try:
+            done = {handles[h]: r for h, r in ex.as_completed(list(handles))}
+        except TaskFailed:
+            ex.cancel(list(handles))
+            raise
+    else:
+        done = {key: ex.run(paired_delta, inputs.metric, data.task, y, plan, b, vv, n_boot, seed, name="paired_delta")
+                for key, (b, vv, seed) in calls.items()}
+    stats: dict[str, dict[str | None, PairedDelta]] = {v.name: {} for v in variants[1:]}
+    for (variant, model), result in done.items():
+        stats[variant][model] = result
+    if sole is not None:
+        for per_model in stats.values():
+            per_model[None] = per_model[sole]
+    return stats
 
 
 def _importance(ex: CountingExecutor, cache: Cache, sub: Any, data: Any, plan: Any, base: list[ModelConfig],
