@@ -477,7 +477,7 @@ def plot_deltas(r: AblationReport, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = ranked(r.outcomes)[::-1]
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.45 * len(rows) + 1.5)))
+    fig, ax = plt.subplots(figsize=(9, max(2.8, 0.45 * len(rows) + 1.8)))
     y = np.arange(len(rows))
     deltas = np.array([o.stats.delta for o in rows])
     lo = np.array([o.stats.delta - o.stats.ci[0] if o.stats.ci else 0.0 for o in rows])
@@ -486,7 +486,7 @@ def plot_deltas(r: AblationReport, path: Path) -> Path:
             xerr=np.vstack([np.maximum(lo, 0), np.maximum(hi, 0)]), error_kw={"capsize": 3, "elinewidth": 1})
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(y, [f"{o.group} ({len(o.columns)})" for o in rows])
-    ax.set_xlabel(f"{r.metric}: variant - baseline when the group is dropped (< 0: the group helps)")
+    ax.set_xlabel(f"{r.metric}: variant - baseline, group dropped\n(< 0: the group helps)")
     ax.set_title(f"{r.title}: feature ablation, 95% paired bootstrap intervals", fontsize=10)
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLOURS.values()]
     ax.legend(handles, list(_COLOURS), loc="best", fontsize=8)
