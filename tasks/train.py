@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import psutil
 
-from tasks.data import PreparedData
+from tasks.data import PreparedData, drop_columns
 from tasks.features import fit_vocabulary, frame
 from tasks.folds import FoldPlan
 from tasks.metrics import score
@@ -31,10 +31,19 @@ class FoldResult:
     model_bytes: int  # pickled size of the fitted adapter
     peak_memory_bytes: int = -1  # most resident memory the fold added over its worker's start (-1: unknown)
     importance: dict[str, float] | None = field(default=None)  # per column, when the adapter reports it
+    # the pickled fitted adapter (None when it cannot be pickled): later nodes re-predict with
+    # it (permutation importance, new test data) instead of refitting
+    fitted: bytes | None = None
 
 
-def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str, seed: int) -> FoldResult:
-    """Everything the model learns (encoders, scalers, early stopping) comes from the training rows."""
+def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str, seed: int,
+               drop: tuple[str, ...] = ()) -> FoldResult:
+    """Everything the model learns (encoders, scalers, early stopping) comes from the training rows.
+
+    `drop` names feature columns the model must not see (an ablation variant); empty for `foldwise run`.
+    """
+    if drop:
+        data = drop_columns(data, drop)
     train_rows, valid_rows = plan.train_rows(fold), plan.valid_rows(fold)
     vocab = fit_vocabulary(data, train_rows)
     ctx = FitContext(task=data.task, n_classes=data.n_classes, categorical=data.categorical, seed=seed,
@@ -50,13 +59,14 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
         test = np.asarray(model.predict(frame(data, data.X_test, vocab))) if data.X_test is not None else None
     importance = getattr(model, "feature_importance", None)
     try:
-        model_bytes = len(pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL))
+        fitted: bytes | None = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # noqa: BLE001 - some user adapters hold unpicklable handles; size unknown
-        model_bytes = -1
+        fitted = None
+    model_bytes = len(fitted) if fitted is not None else -1
     return FoldResult(
         model=config.name, fold=fold, valid_rows=valid_rows, oof=oof, test=test,
         score=score(metric, data.task, data.y[valid_rows], oof),
-        fit_seconds=fit_seconds, predict_seconds=predict_seconds, model_bytes=model_bytes,
+        fit_seconds=fit_seconds, predict_seconds=predict_seconds, model_bytes=model_bytes, fitted=fitted,
         peak_memory_bytes=memory.peak_bytes, importance=importance() if importance else None,
     )
 

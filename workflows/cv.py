@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -164,17 +164,22 @@ class NodeKeys:
     version: str
 
 
-def node_keys(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], version: str) -> NodeKeys:
+def node_keys(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], version: str,
+              drops: Mapping[str, tuple[str, ...]] | None = None) -> NodeKeys:
     """A node's key: its inputs' keys + its own config + the code version, nothing else.
 
     A model's name is not part of its folds' keys (renaming recomputes nothing); every
-    param, preprocessing step and resource that can change its output is.
+    param, preprocessing step and resource that can change its output is. `drops` (model
+    name -> feature columns it must not see, for `foldwise ablate`) enters a fold's key
+    only when non-empty, so an ablation's baseline has exactly `foldwise run`'s keys.
     """
     data = key_of("data", asdict(inputs.data), source_stamp(inputs.data.train), source_stamp(inputs.data.test),
                   tasks_version())
     plan = key_of("plan", data, inputs.scheme, spec.cv.folds, spec.cv.seed)
+    drops = drops or {}
     folds = {(m.name, k): key_of("fold", plan, asdict(m) | {"name": None}, k, inputs.metric, spec.cv.seed,
-                                 tasks_version(), adapter_version(m.type))
+                                 tasks_version(), adapter_version(m.type),
+                                 *([sorted(drops[m.name])] if drops.get(m.name) else []))
              for m in models for k in range(spec.cv.folds)}
     return NodeKeys(data=data, plan=plan, folds=folds, version=version)
 
@@ -193,13 +198,16 @@ class Submitted:
 
 
 def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig],
-            keys: NodeKeys) -> Submitted:
+            keys: NodeKeys, drops: Mapping[str, tuple[str, ...]] | None = None) -> Submitted:
     """The DAG: prepare once -> plan folds once -> one train_fold per model x fold, all at once.
 
     Nodes found in the cache are not submitted; Ray starts only if something must run.
+    `drops`: model name -> feature columns its folds leave out (ablation variants).
     """
     tick = time.perf_counter()
-    cached = {mk: r for mk, key in keys.folds.items() if (r := cache.get("fold", key)) is not None}
+    # a fold's key leaves out the model's name, so a cached result may carry an earlier name: rename it
+    cached = {(name, k): replace(r, model=name) for (name, k), key in keys.folds.items()
+              if (r := cache.get("fold", key)) is not None}
     data, plan = cache.get("data", keys.data), cache.get("plan", keys.plan)
     todo = [mk for mk in keys.folds if mk not in cached]
     prepared = plan_handle = None
@@ -212,6 +220,7 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
         for name, k in todo:
             m = by_name[name]
             handle = ex.submit(train_fold, prepared, plan_handle, m, k, inputs.metric, spec.cv.seed,
+                               tuple((drops or {}).get(name, ())),
                                slot=Slot(m.cpus, m.gpus), name=f"train_fold[model={name}, fold={k}]")
             fits[handle] = (name, k)
     return Submitted(data=data, plan=plan, prepared=prepared, plan_handle=plan_handle, cached=cached, fits=fits,
@@ -221,7 +230,25 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
 def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, inputs: Inputs,
             models: list[ModelConfig], keys: NodeKeys, tracker: tk.Tracker, children: dict[str, str],
             progress: bool) -> DagOutput:
-    """Collect fold results as they finish (each cached at once: a crash loses only work in flight)."""
+    """Collect fold results as they finish (each logged to its model's run at once), then blend on OOF only."""
+
+    def log_fold(r: FoldResult) -> None:
+        tracker.log_step(children[r.model], tk.M_FOLD_SCORE, r.score, step=r.fold)
+
+    data, plan, done, phases = _collect(ex, cache, sub, models, keys, log_fold, progress)
+    tick = time.perf_counter()
+    names = spec.ensemble.models or [m.name for m in models]
+    ens, ens_was_cached = _ensemble(ex, cache, spec, inputs, keys, names, done, data, plan)
+    phases["ensemble"] = time.perf_counter() - tick
+    cached = {name: [(name, k) in sub.cached for k in range(plan.n_folds)] for name in done}
+    return DagOutput(data=data, plan=plan, folds=done, ensemble=ens, phases=phases, cached=cached,
+                     ensemble_cached=ens_was_cached)
+
+
+def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelConfig], keys: NodeKeys,
+             on_fold: Callable[[FoldResult], None], progress: bool
+             ) -> tuple[PreparedData, FoldPlan, dict[str, list[FoldResult]], dict[str, float]]:
+    """Prepared data, fold plan and every fold result (each cached at once: a crash loses only work in flight)."""
     phases = {"submit": sub.seconds}
     tick = time.perf_counter()
     data, plan = sub.data, sub.plan
@@ -236,35 +263,36 @@ def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, 
     folds: dict[str, list[FoldResult | None]] = {m.name: [None] * plan.n_folds for m in models}
     for (name, k), r in sub.cached.items():
         folds[name][k] = r
-        tracker.log_step(children[name], tk.M_FOLD_SCORE, r.score, step=k)
+        on_fold(r)
     with _progress_bar(progress, len(keys.folds), done=len(sub.cached)) as bar:
         try:
             for _, result in ex.as_completed(list(sub.fits)):
                 cache.put("fold", keys.folds[(result.model, result.fold)], result)
                 folds[result.model][result.fold] = result
-                tracker.log_step(children[result.model], tk.M_FOLD_SCORE, result.score, step=result.fold)
+                on_fold(result)
                 bar.advance(f"{result.model} fold {result.fold}: {result.score:.5f}")
         except TaskFailed:
             ex.cancel(list(sub.fits))
             raise
     phases["train_folds"] = time.perf_counter() - tick
-    tick = time.perf_counter()
     done = {name: [r for r in rs if r is not None] for name, rs in folds.items()}
-    names = spec.ensemble.models or [m.name for m in models]
-    ens_key = key_of("ensemble", [keys.folds[(n, k)] for n in names for k in range(plan.n_folds)],
+    return data, plan, done, phases
+
+
+def _ensemble(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, keys: NodeKeys, names: list[str],
+              folds: dict[str, list[FoldResult]], data: PreparedData, plan: FoldPlan) -> tuple[EnsembleResult, bool]:
+    """The spec's ensemble of the models `names` on their OOF (from the cache when unchanged); (result, was cached)."""
+    ens_key = key_of("ensemble", names, [keys.folds[(n, k)] for n in names for k in range(plan.n_folds)],
                      spec.ensemble.model_dump(mode="json"), inputs.metric, spec.cv.seed, keys.version)
     ens = cache.get("ensemble", ens_key)
-    ens_was_cached = ens is not None
-    if ens is None:
-        oof = {n: _assemble_oof(done[n], len(data.y)) for n in names}
-        test = {n: _average_test(done[n]) for n in names} if data.X_test is not None else None
-        ens = ex.run(blend, spec.ensemble.method, oof, test, data.y, plan, inputs.metric, data.task, spec.cv.seed,
-                     spec.ensemble.meta, dict(spec.ensemble.params), name="ensemble")
-        cache.put("ensemble", ens_key, ens)
-    phases["ensemble"] = time.perf_counter() - tick
-    cached = {name: [(name, k) in sub.cached for k in range(plan.n_folds)] for name in done}
-    return DagOutput(data=data, plan=plan, folds=done, ensemble=ens, phases=phases, cached=cached,
-                     ensemble_cached=ens_was_cached)
+    if ens is not None:
+        return ens, True
+    oof = {n: _assemble_oof(folds[n], len(data.y)) for n in names}
+    test = {n: _average_test(folds[n]) for n in names} if data.X_test is not None else None
+    ens = ex.run(blend, spec.ensemble.method, oof, test, data.y, plan, inputs.metric, data.task, spec.cv.seed,
+                 spec.ensemble.meta, dict(spec.ensemble.params), name="ensemble")
+    cache.put("ensemble", ens_key, ens)
+    return ens, False
 
 
 def _assemble_oof(results: list[FoldResult], n_rows: int) -> np.ndarray:

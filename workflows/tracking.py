@@ -40,6 +40,10 @@ M_SLICE = "slice"  # slice.<name>.<model>: a spec slice's OOF score, on the run 
 # compare: which run B was last compared against (the write-up is B's run description)
 TAG_COMPARED_WITH = "foldwise.compare.against"
 COMPARE_ARTIFACT_DIR = "compare"
+# ablate: each variant's child run names what it left out
+TAG_ABLATION_VARIANT = "foldwise.ablation.variant"  # "baseline" or the dropped group
+TAG_ABLATION_DROPPED = "foldwise.ablation.dropped"  # the dropped group (variants only)
+TAG_ABLATION_VERDICT = "foldwise.ablation.verdict"  # helps | hurts | neutral (variants only)
 
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000

@@ -60,6 +60,12 @@ def test_rerun_rules(workspace: Path) -> None:
     renamed_ens = go(base | {"ensemble": {"method": "rank_mean"}}, workspace)
     assert fits(log) == 8 and not renamed_ens["ensemble"]["cached"], "a new ensemble method recomputes only the ensemble"
 
+    renamed = spec(workspace / "d.csv", log)
+    renamed["models"][0]["name"] = "a2"
+    out = go(renamed, workspace)
+    assert fits(log) == 8 and all(out["models"]["a2"]["cached"]), "renaming a model refits nothing"
+    assert set(out["ensemble"]["weights"]) == {"a2", "b"}, "the ensemble speaks of the new name"
+
     more = spec(workspace / "d.csv", log)
     more["models"] = base["models"] + [{"name": "c", "type": "tests.workflows_tests.adapters:SlowLogistic",
                                         "params": {"C": 10.0, "log": str(log)}}]

@@ -1,0 +1,496 @@
+"""Feature ablation: which feature groups earn their place, with paired per-fold evidence.
+
+A variant refits every model on the same folds without one feature group; its fold
+scores are paired with the baseline's (all features) fold by fold. Scores are in the
+scorer's own sign, so greater is always better and delta = variant - baseline < 0 means
+the group helps (dropping it costs score).
+
+The 95% interval is a paired bootstrap over OOF rows: each held-out fold's rows are
+resampled with replacement (within each class for classification, so every resample
+keeps the fold's class mix), the baseline and the variant are scored on the *same*
+resample, and the fold deltas are averaged exactly as `cv_score` averages fold scores;
+the interval is the 2.5-97.5 percentiles. It measures how much of the delta is noise in
+which rows were held out, given the fitted models. The t-interval over the fold deltas
+is reported beside it; with few folds it is wide, and folds share training rows, so it
+is not the verdict's interval.
+
+Permutation importance is a different, weaker measure: it shuffles a group's columns
+in the held-out rows of the already fitted baseline models (no refit), so it says how
+much those models *rely* on the group, not what the group is worth once the model can
+adapt to its absence (correlated groups stand in for each other under refit, not under
+shuffling).
+
+Plain functions, no Ray, no MLflow.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import numpy as np
+
+from tasks.data import PreparedData
+from tasks.features import fit_vocabulary, frame
+from tasks.folds import FoldPlan
+from tasks.metrics import score
+from tasks.train import FoldResult
+
+VERDICTS = ("helps", "hurts", "neutral")
+INTERVAL_METHOD = (
+    "paired bootstrap over OOF rows: rows resampled with replacement within each held-out fold "
+    "(and within each class for classification), baseline and variant scored on the same resample, "
+    "fold deltas averaged like cv_score; 95% percentile interval"
+)
+IMPORTANCE_MEASURE = (
+    "permutation importance: baseline score minus score with the group's columns shuffled together in the "
+    "held-out rows of the fitted baseline fold models (no refit); measures the models' reliance on the group, "
+    "a different and weaker measure than the ablation delta"
+)
+_CHUNK_CELLS = 4_000_000  # bootstrap resamples are scored in blocks of at most this many cells
+
+
+class GroupError(ValueError):
+    """A feature group the data cannot honour (pattern matches nothing, unknown name): exit 2."""
+
+
+# --------------------------------------------------------------------------- groups
+
+
+def resolve_groups(groups: Mapping[str, Sequence[str]] | str, columns: Sequence[str],
+                   not_features: Mapping[str, str] | None = None) -> dict[str, tuple[str, ...]]:
+    """`features.groups` (name -> glob patterns, or "auto") -> name -> feature columns, in column order.
+
+    `not_features` (column -> what it is, e.g. "the target") lets an error say why a
+    pattern that names a real column still matches no *feature* column.
+    """
+    columns = list(columns)
+    if groups == "auto":
+        return {c: (c,) for c in columns}
+    if isinstance(groups, str):
+        raise GroupError(f"features.groups: {groups!r} is not valid (use 'auto' or a mapping name -> [glob patterns])")
+    if not groups:
+        raise GroupError("features.groups: the spec names no feature groups; add e.g. "
+                         "features.groups: {mean: ['mean *']} (glob patterns over column names) or features.groups: auto")
+    out: dict[str, tuple[str, ...]] = {}
+    for name, patterns in groups.items():
+        if not patterns:
+            raise GroupError(f"features.groups.{name}: no patterns (give glob patterns over column names, e.g. ['{name}_*'])")
+        chosen: set[str] = set()
+        for pattern in patterns:
+            hits = {c for c in columns if fnmatchcase(c, pattern)}
+            if not hits:
+                raise GroupError(f"features.groups.{name}: pattern {pattern!r} matches no feature column"
+                                 f"{_why_not(pattern, not_features or {})} (feature columns: {_preview(columns)})")
+            chosen |= hits
+        if len(chosen) == len(columns):
+            raise GroupError(f"features.groups.{name}: covers every feature column; dropping it leaves nothing to fit")
+        out[str(name)] = tuple(c for c in columns if c in chosen)
+    return out
+
+
+def select_groups(groups: Mapping[str, tuple[str, ...]], names: Sequence[str] | None) -> dict[str, tuple[str, ...]]:
+    """The groups `--groups` names (all when None), in the order given."""
+    if names is None:
+        return dict(groups)
+    unknown = [n for n in names if n not in groups]
+    if unknown:
+        raise GroupError(f"--groups: unknown group {unknown[0]!r} (groups: {_preview(list(groups))})")
+    return {n: groups[n] for n in dict.fromkeys(names)}
+
+
+def _why_not(pattern: str, not_features: Mapping[str, str]) -> str:
+    hit = next((c for c in not_features if fnmatchcase(c, pattern)), None)
+    return f" ({hit!r} is {not_features[hit]}, not a feature)" if hit is not None else ""
+
+
+def _preview(items: Sequence[str], n: int = 8) -> str:
+    shown = ", ".join(map(str, items[:n]))
+    return shown + (f", ... ({len(items)} in all)" if len(items) > n else "")
+
+
+# --------------------------------------------------------------------------- paired statistics
+
+
+@dataclass(frozen=True)
+class PairedDelta:
+    """Variant minus baseline on the same folds (greater is better: < 0 means the group helps)."""
+
+    fold_deltas: tuple[float, ...]
+    delta: float  # mean of fold_deltas = cv_score(variant) - cv_score(baseline)
+    ci: tuple[float, float] | None  # paired bootstrap over OOF rows (None: too few valid resamples)
+    ci_t: tuple[float, float] | None  # t over fold deltas, for reference (None with < 2 folds)
+    verdict: str  # helps | hurts | neutral
+
+
+def fold_scores(metric: str, task: str, y: np.ndarray, plan: FoldPlan, oof: np.ndarray) -> list[float]:
+    """Per fold: the metric on its held-out rows (as `train_fold` and the ensemble score them)."""
+    return [score(metric, task, y[rows], oof[rows]) for rows in (plan.valid_rows(k) for k in range(plan.n_folds))]
+
+
+def verdict_of(ci: tuple[float, float] | None) -> str:
+    """helps: the interval is below 0 (dropping costs score); hurts: above 0; else neutral."""
+    if ci is None:
+        return "neutral"
+    lo, hi = ci
+    if hi < 0:
+        return "helps"
+    if lo > 0:
+        return "hurts"
+    return "neutral"
+
+
+def paired_delta(metric: str, task: str, y: np.ndarray, plan: FoldPlan, baseline: np.ndarray, variant: np.ndarray,
+                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> PairedDelta:
+    """Fold deltas, their mean, the paired row bootstrap interval (see the module docstring) and the verdict."""
+    base_scores = fold_scores(metric, task, y, plan, baseline)
+    var_scores = fold_scores(metric, task, y, plan, variant)
+    d = np.asarray(var_scores) - np.asarray(base_scores)
+    tail = (1 - level) / 2
+    ci_t = None
+    if len(d) > 1:
+        from scipy import stats
+
+        half = float(stats.t.ppf(1 - tail, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
+        ci_t = (float(d.mean() - half), float(d.mean() + half))
+    ci = None
+    if n_boot > 0:
+        boot = bootstrap_deltas(metric, task, y, plan, baseline, variant, n_boot, seed)
+        ok = boot[~np.isnan(boot)]
+        if len(ok) >= max(10, n_boot // 2):
+            lo, hi = np.percentile(ok, [100 * tail, 100 * (1 - tail)])
+            ci = (float(lo), float(hi))
+    return PairedDelta(fold_deltas=tuple(float(x) for x in d), delta=float(d.mean()), ci=ci, ci_t=ci_t,
+                       verdict=verdict_of(ci))
+
+
+def bootstrap_deltas(metric: str, task: str, y: np.ndarray, plan: FoldPlan, baseline: np.ndarray,
+                     variant: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """(n_boot,) mean over folds of score(variant) - score(baseline) on the same within-fold resample.
+
+    A resample is a row of counts over the fold's rows (how often each row was drawn),
+    so both predictions are scored on exactly the same rows.
+    """
+    rng = np.random.default_rng(seed)
+    total = np.zeros(n_boot)
+    for k in range(plan.n_folds):
+        rows = plan.valid_rows(k)
+        yk = y[rows]
+        strata = [np.flatnonzero(yk == c) for c in np.unique(yk)] if task != "regression" else [np.arange(len(rows))]
+        step = max(1, _CHUNK_CELLS // max(len(rows), 1))
+        for start in range(0, n_boot, step):
+            counts = resample_counts(rng, strata, len(rows), min(step, n_boot - start))
+            total[start:start + len(counts)] += (weighted_scores(metric, task, yk, variant[rows], counts)
+                                                 - weighted_scores(metric, task, yk, baseline[rows], counts))
+    return total / plan.n_folds
+
+
+def resample_counts(rng: np.random.Generator, strata: Sequence[np.ndarray], n: int, b: int) -> np.ndarray:
+    """(b, n) draw counts: each stratum's rows drawn with replacement, as many times as it has rows."""
+    counts = np.zeros(b * n, dtype=np.int64)
+    offsets = (np.arange(b) * n)[:, None]
+    for s in strata:
+        drawn = s[rng.integers(0, len(s), size=(b, len(s)))]
+        counts += np.bincount((drawn + offsets).ravel(), minlength=b * n)
+    return counts.reshape(b, n)
+
+
+def weighted_scores(metric: str, task: str, y: np.ndarray, pred: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per row of `counts` (b, n): the score of the resample that repeats row i counts[., i] times.
+
+    The same values as `tasks.metrics.score` on `np.repeat`ed rows, in closed form for the
+    common metrics (bootstrap speed; equality is tested); other metrics call the scorer
+    once per resample. NaN where the metric is undefined on a resample.
+    """
+    w = counts.astype(np.float64)
+    n_drawn = w.sum(axis=1)
+    per_row = _per_row_loss(metric, task, y, pred)
+    if per_row is not None:
+        return w @ per_row / n_drawn
+    if metric == "roc_auc" and task == "binary":
+        return _weighted_auc(y, pred, w)
+    if task == "regression" and metric == "neg_root_mean_squared_error":
+        return -np.sqrt(w @ ((y - pred) ** 2) / n_drawn)
+    if task == "regression" and metric == "r2":
+        yc, pc = y - y.mean(), pred - y.mean()  # r2 is shift-invariant; centring keeps the sums exact
+        mean = w @ yc / n_drawn
+        ss_tot = w @ (yc ** 2) - n_drawn * mean ** 2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(ss_tot > 0, 1 - w @ ((yc - pc) ** 2) / ss_tot, np.nan)
+    out = np.full(len(counts), np.nan)
+    for i, c in enumerate(counts):
+        idx = np.repeat(np.arange(len(y)), c)
+        try:
+            out[i] = score(metric, task, y[idx], pred[idx])
+        except (ValueError, ZeroDivisionError, IndexError):
+            pass  # undefined on this resample: NaN, dropped by the caller
+    return out
+
+
+def _per_row_loss(metric: str, task: str, y: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
+    """Metrics that are a mean over rows: each row's term, in the scorer's sign (None: not such a metric)."""
+    if metric == "accuracy" and task in ("binary", "multiclass"):
+        labels = (pred > 0.5).astype(int) if task == "binary" else pred.argmax(axis=1)
+        return (labels == y).astype(np.float64)
+    if metric == "neg_log_loss" and task in ("binary", "multiclass"):
+        p_true = np.where(y == 1, pred, 1 - pred) if task == "binary" else pred[np.arange(len(y)), y]
+        eps = np.finfo(np.float64).eps  # sklearn clips each class probability to [eps, 1 - eps]
+        return np.log(np.clip(p_true, eps, 1 - eps))
+    if task == "regression" and metric == "neg_mean_squared_error":
+        return -((y - pred) ** 2)
+    if task == "regression" and metric == "neg_mean_absolute_error":
+        return -np.abs(y - pred)
+    return None
+
+
+def _weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUC with row multiplicities w (b, n); tied scores count one half (as sklearn)."""
+    order = np.argsort(p, kind="stable")
+    sorted_p = p[order]
+    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])  # one block per distinct score
+    pos = (y[order] == 1).astype(np.float64)
+    ws = w[:, order]
+    wp = np.add.reduceat(ws * pos, starts, axis=1)
+    wn = np.add.reduceat(ws * (1 - pos), starts, axis=1)
+    below = np.cumsum(wn, axis=1) - wn
+    n1, n0 = wp.sum(axis=1), wn.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = (wp * (below + 0.5 * wn)).sum(axis=1) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
+
+
+# --------------------------------------------------------------------------- permutation importance
+
+
+@dataclass(frozen=True)
+class FoldImportance:
+    """Per group: the fold's score minus its score with the group shuffled, once per repeat."""
+
+    model: str
+    fold: int
+    drops: dict[str, tuple[float, ...]] | None  # None: no fitted model was kept (unpicklable adapter)
+
+
+def permutation_importance_fold(data: PreparedData, plan: FoldPlan, result: FoldResult,
+                                groups: Mapping[str, tuple[str, ...]], metric: str, seed: int,
+                                repeats: int = 3) -> FoldImportance:
+    """Re-predict the held-out fold with each group's columns shuffled together (rows permuted as one block,
+    so within-group relations survive); the fitted baseline model is reused, nothing is refitted."""
+    if result.fitted is None:
+        return FoldImportance(model=result.model, fold=result.fold, drops=None)
+    model = pickle.loads(result.fitted)
+    rows = plan.valid_rows(result.fold)
+    vocab = fit_vocabulary(data, plan.train_rows(result.fold))  # the encoding the model was fitted with
+    X = data.X[rows]
+    y = data.y[rows]
+    rng = np.random.default_rng([seed, result.fold])
+    drops: dict[str, tuple[float, ...]] = {}
+    for name, cols in groups.items():
+        j = [data.columns.index(c) for c in cols]
+        losses = []
+        for _ in range(repeats):
+            shuffled = X.copy()
+            shuffled[:, j] = X[rng.permutation(len(rows))][:, j]
+            pred = np.asarray(model.predict(frame(data, shuffled, vocab)))
+            losses.append(result.score - score(metric, data.task, y, pred))
+        drops[name] = tuple(float(v) for v in losses)
+    return FoldImportance(model=result.model, fold=result.fold, drops=drops)
+
+
+@dataclass(frozen=True)
+class GroupImportance:
+    mean: float  # over folds (each fold: the mean over repeats)
+    std: float  # over folds
+
+
+def summarise_importance(folds: Sequence[FoldImportance]) -> dict[str, dict[str, GroupImportance] | None]:
+    """model -> group -> mean/std over folds; None for a model whose fitted folds were not kept."""
+    by_model: dict[str, list[FoldImportance]] = {}
+    for f in folds:
+        by_model.setdefault(f.model, []).append(f)
+    out: dict[str, dict[str, GroupImportance] | None] = {}
+    for model, fs in by_model.items():
+        if any(f.drops is None for f in fs):
+            out[model] = None
+            continue
+        groups = list(fs[0].drops)
+        per_fold = {g: np.array([np.mean(f.drops[g]) for f in fs]) for g in groups}
+        out[model] = {g: GroupImportance(float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+                      for g, v in per_fold.items()}
+    return out
+
+
+# --------------------------------------------------------------------------- the report
+
+
+@dataclass(frozen=True)
+class GroupOutcome:
+    """Everything the report says about one dropped group."""
+
+    group: str
+    columns: tuple[str, ...]
+    cv_score: float
+    stats: PairedDelta  # the headline (the spec's ensemble; with one model, that model)
+    model_stats: dict[str, PairedDelta]
+    fit_seconds: float  # the variant's fits, summed over models and folds
+    fit_time_share: float  # see fit_time_share(): the share of the baseline's fit time the group costs
+    importance: dict[str, GroupImportance | None] = field(default_factory=dict)  # model -> permutation importance
+
+    @property
+    def worth(self) -> float:
+        """Score lost by dropping the group (baseline - variant): what the group is worth."""
+        return -self.stats.delta
+
+
+@dataclass(frozen=True)
+class AblationReport:
+    title: str
+    metric: str
+    headline: str  # what the headline score is ("ensemble (weights) of logreg, lgbm")
+    baseline_score: float
+    baseline_fold_scores: tuple[float, ...]
+    n_features: int
+    folds: str  # "5 stratified folds, seed 42, hash ..."
+    outcomes: tuple[GroupOutcome, ...]
+    models: tuple[str, ...]
+    n_boot: int
+    repeats: int
+    notes: tuple[str, ...] = ()
+
+
+def fit_time_share(baseline: Mapping[str, Sequence[float]], variant: Mapping[str, Sequence[float]]) -> float:
+    """The share of the baseline's fit time a group costs: 1 - variant / baseline, where each side is the
+    sum over models of the median fold fit seconds (a median, so one cold-started worker does not decide it)."""
+    base = sum(float(np.median(v)) for v in baseline.values())
+    var = sum(float(np.median(variant[m])) for m in baseline)
+    return 1 - var / base if base > 0 else 0.0
+
+
+def ranked(outcomes: Sequence[GroupOutcome]) -> list[GroupOutcome]:
+    """Most valuable first (largest score lost when dropped)."""
+    return sorted(outcomes, key=lambda o: -o.worth)
+
+
+def removal_candidates(outcomes: Sequence[GroupOutcome]) -> list[str]:
+    """Groups whose removal costs nothing measurable (neutral) or improves the score (hurts)."""
+    return [o.group for o in ranked(outcomes) if o.stats.verdict in ("neutral", "hurts")]
+
+
+def _ci(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:+.5f}, {ci[1]:+.5f}]"
+
+
+def _cols(cols: Sequence[str], n: int = 4) -> str:
+    shown = ", ".join(f"`{c}`" for c in cols[:n])
+    return f"{len(cols)}: {shown}" + (", ..." if len(cols) > n else "")
+
+
+def _mean_importance(o: GroupOutcome) -> float | None:
+    known = [v.mean for v in o.importance.values() if v is not None]
+    return float(np.mean(known)) if known else None
+
+
+def ablation_markdown(r: AblationReport, chart: str | None = None) -> str:
+    """`ablation.md`: groups sorted by worth, verdicts with intervals, removal candidates, the weaker measure apart."""
+    rows = ranked(r.outcomes)
+    k = len(r.baseline_fold_scores)
+    lines = [
+        f"# {r.title}: feature ablation", "",
+        f"**Baseline** (all {r.n_features} feature columns): {r.metric} = {r.baseline_score:.5f}, "
+        f"{r.headline}; mean of {r.folds}.", "",
+        "Each variant refits every model on the same folds without one feature group. "
+        f"**delta = variant - baseline** ({r.metric}, greater is better), so delta < 0 means the group helps. "
+        f"**Interval**: {INTERVAL_METHOD} ({r.n_boot} resamples). "
+        "**Verdict**: `helps` (interval below 0: dropping it costs score), `hurts` (interval above 0: the model is "
+        "better without it), `neutral` (interval covers 0: no measurable effect).", "",
+        "| rank | group | verdict | delta | 95% interval (bootstrap) | 95% t over folds | folds worse without | "
+        "columns | fit-time share | permutation importance* |",
+        "|---:|---|---|---:|---|---|---:|---|---:|---:|",
+    ]
+    for i, o in enumerate(rows, 1):
+        worse = sum(d < 0 for d in o.stats.fold_deltas)
+        imp = _mean_importance(o)
+        lines.append(f"| {i} | {o.group} | **{o.stats.verdict}** | {o.stats.delta:+.5f} | {_ci(o.stats.ci)} | "
+                     f"{_ci(o.stats.ci_t)} | {worse}/{k} | {_cols(o.columns)} | {o.fit_time_share:+.0%} | "
+                     f"{'n/a' if imp is None else f'{imp:+.5f}'} |")
+    lines += ["", "*fit-time share*: 1 - variant / baseline fit time, each the sum over models of the median fold "
+              "fit seconds: the share of fit time the group costs (timings are noisy on a busy machine; a cached "
+              "baseline keeps the fit times of the run that computed it). "
+              "*permutation importance*: a different, weaker measure, see below.", ""]
+    if chart:
+        lines += [f"![delta per group]({chart})", ""]
+    neutral = [o for o in rows if o.stats.verdict == "neutral"]
+    hurting = [o for o in rows if o.stats.verdict == "hurts"]
+    lines += ["## Candidates to remove", ""]
+    if neutral:
+        n_cols = len({c for o in neutral for c in o.columns})
+        lines.append(f"Neutral groups, no measurable effect on {r.metric}: "
+                     f"{', '.join(f'**{o.group}**' for o in neutral)} ({n_cols} columns). Each is a dependency "
+                     "and a risk without evidence of value: candidates to remove (groups were dropped one at a "
+                     "time; drop several together only after checking them together).")
+        if n_cols == r.n_features:
+            lines.append("\nTogether they are every feature column: each group is redundant *given the others*, "
+                         "not worthless. Remove one, then run the ablation again.")
+    if hurting:
+        lines.append(f"{'' if not neutral else chr(10)}Groups the models are better without: "
+                     f"{', '.join(f'**{o.group}**' for o in hurting)}: remove them.")
+    if not neutral and not hurting:
+        lines.append("None: every group measurably helps.")
+    lines.append("")
+    if len(r.models) > 1:
+        lines += ["## Per model", "", "delta and 95% bootstrap interval of each model on its own.", "",
+                  "| group | " + " | ".join(r.models) + " |", "|---|" + "---|" * len(r.models)]
+        for o in rows:
+            cells = [f"{o.model_stats[m].delta:+.5f} {_ci(o.model_stats[m].ci)} {o.model_stats[m].verdict}"
+                     for m in r.models]
+            lines.append(f"| {o.group} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Permutation importance (a different, weaker measure)", "",
+              f"{IMPORTANCE_MEASURE[0].upper()}{IMPORTANCE_MEASURE[1:]}; mean over folds of {r.repeats} shuffles "
+              "(± std over folds). When two groups carry the same signal, shuffling one barely hurts the fitted "
+              "model while ablation shows the truth either way; when the model leans on a group it could do "
+              "without, shuffling hurts but ablation shows nothing lost. Decide on the ablation delta.", "",
+              "| group | " + " | ".join(r.models) + " |", "|---|" + "---|" * len(r.models)]
+    for o in rows:
+        cells = ["n/a (fitted model not kept)" if o.importance.get(m) is None
+                 else f"{o.importance[m].mean:+.5f} ± {o.importance[m].std:.5f}" for m in r.models]
+        lines.append(f"| {o.group} | " + " | ".join(cells) + " |")
+    lines += ["", "## Columns per group", ""]
+    lines += [f"- **{o.group}** ({len(o.columns)}): {', '.join(f'`{c}`' for c in o.columns)}" for o in rows]
+    if r.notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in r.notes]
+    return "\n".join(lines) + "\n"
+
+
+_COLOURS = {"helps": "#2e7d32", "hurts": "#c62828", "neutral": "#9e9e9e"}
+
+
+def plot_deltas(r: AblationReport, path: Path) -> Path:
+    """Horizontal bars of delta per group (most valuable on top) with 95% interval whiskers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ranked(r.outcomes)[::-1]
+    fig, ax = plt.subplots(figsize=(9, max(2.8, 0.45 * len(rows) + 1.8)))
+    y = np.arange(len(rows))
+    deltas = np.array([o.stats.delta for o in rows])
+    lo = np.array([o.stats.delta - o.stats.ci[0] if o.stats.ci else 0.0 for o in rows])
+    hi = np.array([o.stats.ci[1] - o.stats.delta if o.stats.ci else 0.0 for o in rows])
+    ax.barh(y, deltas, color=[_COLOURS[o.stats.verdict] for o in rows], height=0.6,
+            xerr=np.vstack([np.maximum(lo, 0), np.maximum(hi, 0)]), error_kw={"capsize": 3, "elinewidth": 1})
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [f"{o.group} ({len(o.columns)})" for o in rows])
+    ax.set_xlabel(f"{r.metric}: variant - baseline, group dropped\n(< 0: the group helps)")
+    ax.set_title(f"{r.title}: feature ablation, 95% paired bootstrap intervals", fontsize=10)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in _COLOURS.values()]
+    ax.legend(handles, list(_COLOURS), loc="best", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
