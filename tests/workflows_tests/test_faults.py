@@ -252,3 +252,21 @@ def test_cache_ls_and_prune(tmp_path: Path, capsys) -> None:
     assert main(["cache", "prune", "--older-than", "a week", "--cache", str(root)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "--older-than" in err and "7d" in err
+
+
+def test_abandoned_runs_are_failed_even_when_their_pid_was_reused(tmp_path: Path) -> None:
+    """A restarted container's driver often gets the dead driver's pid: the pid alone is not enough."""
+    from workflows import tracking as tk
+
+    tracker = tk.Tracker(f"sqlite:///{tmp_path / 'm.db'}", "abandoned")
+    mine = tracker.start_run("live", tk.process_tags())
+    reused = tracker.client.create_run(tracker.experiment_id, start_time=int((time.time() - 30) * 1000),
+                                       run_name="killed", tags=tk.process_tags()).info.run_id
+    newcomer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tracker.client.set_tag(reused, tk.TAG_PID, str(newcomer.pid))  # that pid now belongs to a younger process
+        assert tracker.fail_abandoned_runs() == [reused]
+    finally:
+        newcomer.kill()
+        newcomer.wait()
+    assert tracker.run_status(reused) == "FAILED" and tracker.run_status(mine) == "RUNNING"
