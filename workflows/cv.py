@@ -202,7 +202,7 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
         for name, k in todo:
             m = by_name[name]
             handle = ex.submit(train_fold, prepared, plan_handle, m, k, inputs.metric, spec.cv.seed,
-                               slot=Slot(m.cpus, m.gpus, m.memory), name=f"train_fold[model={name}, fold={k}]")
+                               slot=Slot(m.cpus, m.gpus, memory=m.memory), name=f"train_fold[model={name}, fold={k}]")
             fits[handle] = (name, k)
     return Submitted(data=data, plan=plan, prepared=prepared, plan_handle=plan_handle, cached=cached, fits=fits,
                      seconds=time.perf_counter() - tick)

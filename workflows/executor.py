@@ -32,8 +32,8 @@ class TaskOutOfMemory(TaskFailed):
 class Slot:
     cpus: float = 1.0
     gpus: float = 0.0
-    memory: int | None = None  # bytes reserved on the node (Ray packs fewer such tasks per node)
     retries: int = 3  # on worker/node death only; a raising task is never retried
+    memory: int | None = None  # bytes reserved on the node (Ray packs fewer such tasks per node)
 
 
 # Ray retries a task its memory monitor killed forever by default (max_retries does not
