@@ -10,7 +10,9 @@ where nothing runs) and worker nodes with 2 CPUs each. Two scenarios:
 
 - `prepared`: the data is prepared by a task on worker node 1 (the only node with CPUs),
   so its output, the fold plan and the folds in flight all live on node 1 when it is
-  killed (SIGKILL of its raylet, no graceful shutdown). Only then does node 2 join.
+  killed (SIGKILL of its raylet, no graceful shutdown). Only then does node 2 join. (The
+  driver has fetched the data and plan for its own use by then, so Ray may take them from
+  that copy rather than re-run their tasks; either way no fold may come out different.)
 - `cached`: same data, another C, so the prepared data and fold plan come from the cache
   and enter Ray by a driver-side put (their primary copy on the head); node 2 is killed
   mid-fold and node 3 joins.
