@@ -51,13 +51,13 @@ from workflows.cv import (
     RunFailed,
     _assemble_oof,
     _collect,
-    _describe_failure,
     _ensemble,
     _submit,
     model_config,
     node_keys,
 )
 from workflows.executor import LazyExecutor, Slot, TaskFailed
+from workflows.failures import describe_failure
 from workflows.provenance import code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
@@ -125,7 +125,7 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
         sub = _submit(ex, cache, spec, inputs, fit_models, keys, drops)  # runs while MLflow is set up below
     except TaskFailed as e:
         ex.close()
-        raise RunFailed(_describe_failure(e), None) from None
+        raise RunFailed(describe_failure(e, spec), None) from None
     tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "ablate", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
@@ -146,7 +146,7 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
         ok = True
         return result
     except TaskFailed as e:
-        raise RunFailed(_describe_failure(e), parent) from None
+        raise RunFailed(describe_failure(e, spec), parent) from None
     except KeyboardInterrupt:
         raise RunFailed("interrupted", parent) from None
     except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED

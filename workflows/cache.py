@@ -52,6 +52,7 @@ class Cache:
         self.root = resolve_root(root)
         self.enabled = enabled
         self.corrupt: list[str] = []  # entries found damaged and dropped this session
+        self._read_seconds = self._write_seconds = 0.0
         if "://" in self.root:
             import fsspec
 
@@ -65,6 +66,13 @@ class Cache:
     def get(self, kind: str, key: str) -> Any | None:
         if not self.enabled:
             return None
+        tick = time.perf_counter()
+        try:
+            return self._get(kind, key)
+        finally:
+            self._read_seconds += time.perf_counter() - tick
+
+    def _get(self, kind: str, key: str) -> Any | None:
         path = self._path(kind, key)
         try:
             blob = self._read(path)
@@ -80,6 +88,17 @@ class Cache:
         return pickle.loads(payload)
 
     def put(self, kind: str, key: str, value: Any) -> None:
+        tick = time.perf_counter()
+        try:
+            self._put(kind, key, value)
+        finally:
+            self._write_seconds += time.perf_counter() - tick
+
+    def io_seconds(self) -> dict[str, float]:
+        """Driver seconds spent reading and writing entries so far (part of the run's phases, not extra)."""
+        return {"cache_read": self._read_seconds, "cache_write": self._write_seconds}
+
+    def _put(self, kind: str, key: str, value: Any) -> None:
         payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         blob = _MAGIC + hashlib.sha256(payload).digest() + len(payload).to_bytes(8, "little") + payload
         path = self._path(kind, key)
@@ -112,13 +131,33 @@ class Cache:
                 out.append(Entry(p.parent.name, p.stem, st.st_size, st.st_mtime))
         return sorted(out, key=lambda e: e.modified)
 
-    def prune(self, older_than_seconds: float | None = None) -> list[Entry]:
-        """Remove entries older than the given age (all entries when None)."""
-        cutoff = time.time() - older_than_seconds if older_than_seconds is not None else float("inf")
+    def prune(self, older_than_seconds: float | None = None, dry_run: bool = False) -> list[Entry]:
+        """Remove entries older than the given age (all entries when None).
+
+        Also removes temp files a writer killed mid-write left behind (kind `partial`), once
+        they are an hour old, so a live writer's file is never pulled from under it.
+        """
+        now = time.time()
+        cutoff = now - older_than_seconds if older_than_seconds is not None else float("inf")
         removed = [e for e in self.entries() if e.modified < cutoff]
-        for e in removed:
-            self._remove(self._path(e.kind, e.key))
+        removed += [e for e in self.partial_writes() if e.modified < min(cutoff, now - 3600)]
+        if not dry_run:
+            for e in removed:
+                self._remove(self._path(e.kind, e.key) if e.kind != "partial" else f"{self.base}/{e.key}")
         return removed
+
+    def partial_writes(self) -> list[Entry]:
+        """Temp files of writes that never finished (a killed driver); never read as results."""
+        if self.fs is not None or not Path(self.base).exists():
+            return []  # object stores write whole objects: no temp files
+        out = []
+        for p in Path(self.base).glob("*/*.tmp"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:  # renamed into place meanwhile: it finished
+                continue
+            out.append(Entry("partial", str(p.relative_to(self.base)), st.st_size, st.st_mtime))
+        return out
 
     def _read(self, path: str) -> bytes:
         if self.fs is not None:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("workflows.compare", "write up a model change: RUN_B vs RUN_A per fold, per slice, efficiency"),
     "ui": ("workflows.ui", "the MLflow UI on foldwise's tracking store, on 127.0.0.1"),
     "ablate": ("workflows.cmd_ablate", "what each feature group is worth: drop one group at a time, paired per-fold deltas"),
+    "cache": ("workflows.cache_cmd", "list the result cache (ls) or remove old entries (prune [--older-than 7d])"),
 }
 
 

@@ -37,6 +37,7 @@ from workflows import tracking as tk
 from workflows.check import Inputs, data_warnings, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
+from workflows.failures import describe_failure
 from workflows.provenance import adapter_version, code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
@@ -82,7 +83,8 @@ class DagOutput:
 def model_config(spec_model: Any) -> ModelConfig:
     return ModelConfig(name=spec_model.name, type=spec_model.type, params=dict(spec_model.params),
                        estimator=spec_model.estimator, preprocess=tuple(spec_model.preprocess),
-                       cpus=spec_model.resources.cpus, gpus=spec_model.resources.gpus)
+                       cpus=spec_model.resources.cpus, gpus=spec_model.resources.gpus,
+                       memory=spec_model.resources.memory)
 
 
 def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
@@ -112,7 +114,7 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
         dag = _submit(ex, cache, spec, inputs, models, keys)  # runs while MLflow is set up below
     except TaskFailed as e:
         ex.close()
-        raise RunFailed(_describe_failure(e), None) from None
+        raise RunFailed(describe_failure(e, spec), None) from None
     tick = time.perf_counter()
     tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
     tracker.fail_abandoned_runs()
@@ -127,11 +129,11 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
                                                                                   "cv.scheme": inputs.scheme})
         result = _gather(ex, cache, dag, spec, inputs, models, keys, tracker, children, progress)
         result = _finish(spec, inputs, models, result, tracker, parent, children, out, ex.startup_seconds,
-                         wall_start, phases | result.phases, warnings)
+                         wall_start, phases | result.phases | cache.io_seconds(), warnings)
         ok = True
         return result
     except TaskFailed as e:
-        raise RunFailed(_describe_failure(e), parent) from None
+        raise RunFailed(describe_failure(e, spec), parent) from None
     except KeyboardInterrupt:
         raise RunFailed("interrupted", parent) from None
     except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
@@ -171,17 +173,24 @@ def node_keys(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], ver
     A model's name is not part of its folds' keys (renaming recomputes nothing); every
     param, preprocessing step and resource that can change its output is. `drops` (model
     name -> feature columns it must not see, for `foldwise ablate`) enters a fold's key
-    only when non-empty, so an ablation's baseline has exactly `foldwise run`'s keys.
+    only when non-empty, so an ablation's baseline has exactly `foldwise run`'s keys. A memory
+    reservation only changes where a fold runs, so raising it after an OOM refits nothing done.
     """
     data = key_of("data", asdict(inputs.data), source_stamp(inputs.data.train), source_stamp(inputs.data.test),
                   tasks_version())
     plan = key_of("plan", data, inputs.scheme, spec.cv.folds, spec.cv.seed)
     drops = drops or {}
-    folds = {(m.name, k): key_of("fold", plan, asdict(m) | {"name": None}, k, inputs.metric, spec.cv.seed,
+    folds = {(m.name, k): key_of("fold", plan, _fold_config(m), k, inputs.metric, spec.cv.seed,
                                  tasks_version(), adapter_version(m.type),
                                  *([sorted(drops[m.name])] if drops.get(m.name) else []))
              for m in models for k in range(spec.cv.folds)}
     return NodeKeys(data=data, plan=plan, folds=folds, version=version)
+
+
+def _fold_config(m: ModelConfig) -> dict[str, Any]:
+    config = asdict(m) | {"name": None}
+    config.pop("memory")
+    return config
 
 
 @dataclass
@@ -221,7 +230,7 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
             m = by_name[name]
             handle = ex.submit(train_fold, prepared, plan_handle, m, k, inputs.metric, spec.cv.seed,
                                tuple((drops or {}).get(name, ())),
-                               slot=Slot(m.cpus, m.gpus), name=f"train_fold[model={name}, fold={k}]")
+                               slot=Slot(m.cpus, m.gpus, memory=m.memory), name=f"train_fold[model={name}, fold={k}]")
             fits[handle] = (name, k)
     return Submitted(data=data, plan=plan, prepared=prepared, plan_handle=plan_handle, cached=cached, fits=fits,
                      seconds=time.perf_counter() - tick)
@@ -272,6 +281,8 @@ def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelC
                 on_fold(result)
                 bar.advance(f"{result.model} fold {result.fold}: {result.score:.5f}")
         except TaskFailed:
+            for _, result in ex.finished(list(sub.fits)):  # done but not yet gathered: keep them too
+                cache.put("fold", keys.folds[(result.model, result.fold)], result)
             ex.cancel(list(sub.fits))
             raise
     phases["train_folds"] = time.perf_counter() - tick
@@ -415,11 +426,7 @@ def slice_summary(slices: dict[str, str], data: PreparedData, plan: FoldPlan, oo
 
 def _model_params(m: ModelConfig) -> dict[str, Any]:
     return {"name": m.name, "type": m.type, "estimator": m.estimator, "params": m.params,
-            "preprocess": ",".join(m.preprocess), "resources": {"cpus": m.cpus, "gpus": m.gpus}}
-
-
-def _describe_failure(e: TaskFailed) -> str:
-    return f"{e.task}: {e.error}"
+            "preprocess": ",".join(m.preprocess), "resources": {"cpus": m.cpus, "gpus": m.gpus, "memory": m.memory}}
 
 
 

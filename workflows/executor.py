@@ -9,6 +9,7 @@ the same on both executors.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,11 +24,23 @@ class TaskFailed(RuntimeError):
         self.task, self.error = task, error
 
 
+class TaskOutOfMemory(TaskFailed):
+    """Ray's memory monitor killed the task (node memory above its threshold): not the task's own bug."""
+
+
 @dataclass(frozen=True)
 class Slot:
     cpus: float = 1.0
     gpus: float = 0.0
     retries: int = 3  # on worker/node death only; a raising task is never retried
+    memory: int | None = None  # bytes reserved on the node (Ray packs fewer such tasks per node)
+
+
+# Ray retries a task its memory monitor killed forever by default (max_retries does not
+# apply), so a fold too big for any node would loop without a word. Bounded when this
+# process starts its Ray driver: the driver owns the retries, so this holds on a cluster
+# too. A RAY_task_oom_retries the user set wins.
+OOM_RETRIES = 2
 
 
 class RayExecutor:
@@ -42,6 +55,7 @@ class RayExecutor:
         start = time.perf_counter()
         self.owns_cluster = not ray.is_initialized()
         if self.owns_cluster:
+            os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))
             ray.init(address=address, num_cpus=num_cpus if address is None else None,
                      include_dashboard=False, logging_level="ERROR", log_to_driver=True,
                      configure_logging=True)
@@ -54,13 +68,20 @@ class RayExecutor:
         if remote is None:
             remote = self._remote[fn] = self._ray.remote(fn)
         label = name or fn.__name__
+        extra = {"memory": slot.memory} if slot.memory else {}
         ref = remote.options(num_cpus=slot.cpus, num_gpus=slot.gpus, max_retries=slot.retries,
-                             retry_exceptions=False, name=label).remote(*args)
+                             retry_exceptions=False, name=label, **extra).remote(*args)
         self._names[ref] = label
         return ref
 
     def put(self, value: Any) -> Any:
-        """A value the driver already holds (e.g. from the cache), stored once for every task."""
+        """A value the driver already holds (e.g. from the cache), stored once for every task.
+
+        Not lineage-reconstructable, and it need not be: the primary copy lives in the object
+        store of the driver's own node and is owned by the driver, so it is lost only with the
+        driver's node, which ends the run anyway (task outputs are owned by the driver too).
+        Losing any other node leaves it readable (tests/workflows_tests/node_loss.py).
+        """
         return self._ray.put(value)
 
     def get(self, handle: Any) -> Any:
@@ -72,6 +93,17 @@ class RayExecutor:
             done, pending = self._ray.wait(pending, num_returns=1)
             yield done[0], self._unwrap(done[0])
 
+    def finished(self, handles: list[Any]) -> list[tuple[Any, Any]]:
+        """(handle, value) of the tasks that already succeeded, without waiting for the rest."""
+        done, _ = self._ray.wait(list(handles), num_returns=len(handles), timeout=0) if handles else ([], [])
+        out = []
+        for h in done:
+            try:
+                out.append((h, self._unwrap(h)))
+            except TaskFailed:
+                pass
+        return out
+
     def cancel(self, handles: list[Any]) -> None:
         for h in handles:
             self._ray.cancel(h, force=False)
@@ -79,6 +111,8 @@ class RayExecutor:
     def _unwrap(self, handle: Any) -> Any:
         try:
             return self._ray.get(handle)
+        except self._ray.exceptions.OutOfMemoryError as e:
+            raise TaskOutOfMemory(self._names.get(handle, "task"), _memory_facts(str(e))) from None
         except self._ray.exceptions.RayTaskError as e:
             cause = e.cause if getattr(e, "cause", None) is not None else e
             raise TaskFailed(self._names.get(handle, "task"), _last_line(cause)) from None
@@ -127,6 +161,9 @@ class LocalExecutor:
     def as_completed(self, handles: list[LocalHandle]) -> Iterator[tuple[LocalHandle, Any]]:
         for h in handles:
             yield h, h.result()
+
+    def finished(self, handles: list[LocalHandle]) -> list[tuple[LocalHandle, Any]]:
+        return [(h, h._value) for h in handles if h._done and h._error is None]
 
     def cancel(self, handles: list[LocalHandle]) -> None:
         pass
@@ -178,6 +215,9 @@ class LazyExecutor:
                 raise TaskFailed(name or fn.__name__, _last_line(e)) from e
         return self.get(self.submit(fn, *args, name=name))
 
+    def finished(self, handles: list[Any]) -> list[tuple[Any, Any]]:
+        return self._inner.finished(handles) if self._inner is not None and handles else []
+
     def cancel(self, handles: list[Any]) -> None:
         if self._inner is not None:
             self._inner.cancel(handles)
@@ -193,6 +233,14 @@ def make_executor(kind: str = "ray", address: str | None = None) -> RayExecutor 
     if kind == "ray":
         return RayExecutor(address=address or os.environ.get("RAY_ADDRESS") or None)
     raise ValueError(f"unknown executor {kind!r} (valid: ray, local)")
+
+
+def _memory_facts(message: str) -> str:
+    """The two useful lines of Ray's long OOM report: how full the node was, and the threshold."""
+    used = re.search(r"Memory on the node \(.*?\) was (.*?)(?:\n|$)", message)
+    reason = re.search(r"OOM kill reason: (.*?)(?:\n|$)", message)
+    facts = "; ".join([f"node memory {used.group(1).strip()}"] * bool(used) + [reason.group(1).strip()] * bool(reason))
+    return f"OutOfMemoryError: {facts}" if facts else f"OutOfMemoryError: {message.strip().splitlines()[0]}"
 
 
 def _last_line(e: BaseException) -> str:

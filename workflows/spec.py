@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.models import BUILTIN_MODEL_TYPES, PREPROCESS_STEPS, resolve_model_class
+from workflows.units import parse_size
 
 
 class SpecError(ValueError):
@@ -61,6 +62,12 @@ class FeaturesSpec(_Frozen):
 class Resources(_Frozen):
     cpus: float = 1.0
     gpus: float = 0.0
+    memory: int | None = None  # bytes a fold reserves (Ray's `memory=`); '4GiB' etc. accepted
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> int | None:
+        return None if v is None else parse_size(v)
 
     @field_validator("cpus")
     @classmethod

@@ -114,7 +114,9 @@ class Tracker:
         """Mark FAILED the runs a killed foldwise driver on this host left RUNNING.
 
         A driver killed with SIGKILL cannot end its runs; its pid tag says whether that
-        process is gone, so runs of live drivers (concurrent commands) are left alone.
+        process is gone, so runs of live drivers (concurrent commands) are left alone. A
+        process that got the pid later (pids are reused, and a restarted container's
+        driver often gets the very same one) started after the run did: not its driver.
         """
         import socket
 
@@ -126,11 +128,22 @@ class Tracker:
         failed = []
         for run in running:
             pid = int(run.data.tags.get(TAG_PID, "0") or 0)
-            if pid and not psutil.pid_exists(pid):
+            if pid and not _driver_alive(psutil, pid, (run.info.start_time or 0) / 1000):
                 self.client.set_terminated(run.info.run_id, "FAILED")
                 self.client.set_tag(run.info.run_id, "foldwise.failure", "driver process died (found RUNNING at start-up)")
                 failed.append(run.info.run_id)
         return failed
+
+
+def _driver_alive(psutil: Any, pid: int, run_started: float) -> bool:
+    """A process with this pid exists and already existed when the run started.
+
+    2 s of slack: psutil derives start times from the boot time in whole seconds.
+    """
+    try:
+        return psutil.Process(pid).create_time() <= run_started + 2.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 def process_tags() -> dict[str, str]:

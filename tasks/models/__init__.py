@@ -44,6 +44,7 @@ class ModelConfig:
     preprocess: tuple[str, ...] = ()
     cpus: float = 1.0
     gpus: float = 0.0
+    memory: int | None = None  # bytes reserved per fold (a scheduling hint; never changes a result)
 
 
 @dataclass(frozen=True)

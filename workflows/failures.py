@@ -1,0 +1,34 @@
+"""What a failed task means to the user: one line naming the task, what went wrong and what to do.
+
+A raising fold is the user's bug: its error's last line is enough. A fold killed by Ray's
+memory monitor is not a bug in the fold, so it says so and names the spec keys that fix it.
+"""
+
+from __future__ import annotations
+
+from workflows.executor import TaskFailed, TaskOutOfMemory
+from workflows.spec import WorkflowSpec
+from workflows.units import human_size
+
+
+def describe_failure(e: TaskFailed, spec: WorkflowSpec | None = None) -> str:
+    if isinstance(e, TaskOutOfMemory):
+        return out_of_memory_message(e, spec)
+    return f"{e.task}: {e.error}"
+
+
+def out_of_memory_message(e: TaskOutOfMemory, spec: WorkflowSpec | None = None) -> str:
+    """What died, why, and the two remedies, naming the spec key to set."""
+    models = spec.models if spec is not None else []
+    index = next((i for i, m in enumerate(models) if f"[model={m.name}," in e.task), None)
+    if index is None:
+        remedy = ("reserve memory per task (the model's resources.memory, e.g. 4GiB) or run fewer tasks at once "
+                  "(raise its resources.cpus), or give the nodes more memory")
+    else:
+        m = models[index]
+        now = f", now {human_size(m.resources.memory)}" if m.resources.memory else ""
+        remedy = (f"reserve memory per fold so Ray runs fewer of them per node: models.{index}.resources.memory "
+                  f"(e.g. --set models.{index}.resources.memory=4GiB{now}), or run fewer folds concurrently "
+                  f"(raise models.{index}.resources.cpus)")
+    return (f"{e.task}: out of memory: Ray's memory monitor killed the task because the node ran low on memory; "
+            f"{remedy}. Completed folds are cached. Ray said: {e.error}")
