@@ -21,6 +21,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("workflows.check_cmd", "check the data before compute: errors, warnings, leaks, train/test drift (adversarial AUC)"),
     "compare": ("workflows.compare", "write up a model change: RUN_B vs RUN_A per fold, per slice, efficiency"),
     "ui": ("workflows.ui", "the MLflow UI on foldwise's tracking store, on 127.0.0.1"),
+    "cluster": ("workflows.cluster_cmd", "a desktop cluster: `up` starts a Ray head + MLflow server, `down` stops them, `status`"),
+    "submit": ("workflows.submit", "run a spec on a Ray cluster as a Ray Job (project uploaded, logs streamed with --wait)"),
+    "jobs": ("workflows.jobs_cmd", "list a Ray cluster's jobs"),
+    "logs": ("workflows.logs_cmd", "a Ray job's log (--follow to stream it)"),
+    "stop": ("workflows.stop_cmd", "stop a Ray job"),
 }
 
 

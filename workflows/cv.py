@@ -30,6 +30,7 @@ from tasks.report import (
     test_frame,
 )
 from tasks.train import FoldResult, train_fold
+from workflows import storage
 from workflows import tracking as tk
 from workflows.check import Inputs, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
@@ -52,7 +53,7 @@ class CVResult:
 
     summary: dict[str, Any]
     oof: pd.DataFrame
-    out_dir: Path
+    out_dir: Path | str  # a URI when --out is one
     leaderboard: str = ""
     fold_results: tuple[FoldResult, ...] = field(default=(), repr=False)
 
@@ -266,8 +267,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
             wall_start: float, phases: dict[str, float]) -> CVResult:
     tick = time.perf_counter()
     data, plan, ens = dag.data, dag.plan, dag.ensemble
-    out_dir = Path(out) if out else Path("outputs") / spec.name / parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = str(out) if out else storage.join(storage.outputs_root(), spec.name, parent)
+    out_dir = storage.staging_folder(target)  # `target` itself, or a local folder uploaded to it at the end
     model_summaries = {}
     rows = []
     for m in models:
@@ -321,7 +322,7 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         "wall_seconds": time.perf_counter() - wall_start,
         "startup_seconds": startup_seconds,
         "phase_seconds": phases | {"outputs_and_tracking": time.perf_counter() - tick},
-        "outputs": {k: str(v) if v is not None else None for k, v in outputs.items()},
+        "outputs": {k: storage.relocate(v, out_dir, target) for k, v in outputs.items()},
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     tracker.log(parent, metrics={tk.M_CV_SCORE: ens.cv_score, "wall_seconds": summary["wall_seconds"],
@@ -329,7 +330,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
                 tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint},
                 steps={tk.M_FOLD_SCORE: ens.fold_scores})
     tracker.log_artifacts(parent, out_dir)
-    return CVResult(summary=summary, oof=oof, out_dir=out_dir, leaderboard=leaderboard,
+    storage.publish_folder(out_dir, target)
+    return CVResult(summary=summary, oof=oof, out_dir=out_dir if not storage.is_uri(target) else target, leaderboard=leaderboard,
                     fold_results=tuple(r for rs in dag.folds.values() for r in rs))
 
 
