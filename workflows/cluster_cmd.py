@@ -152,10 +152,10 @@ def up(directory: Path, args: argparse.Namespace) -> ClusterState:
         raise ClusterError(str(e)) from None
     started: list[Service] = []
     try:
+        # Both start at once (each takes seconds to come up); the head's jobs get the server's URL.
         mlflow_log = directory / "mlflow-server.log"
         proc = start(mlflow, mlflow_log)
         started.append(service("mlflow", proc.pid, mlflow_log))
-        wait_ready(mlflow.url, proc, timeout=120, log_file=mlflow_log)
         env = job_environment(directory, args, mlflow)
         temp_dir = args.temp_dir or os.path.join(tempfile.gettempdir(), f"foldwise-ray-{args.ray_port}")
         ray_log = directory / "ray-head.log"
@@ -165,6 +165,7 @@ def up(directory: Path, args: argparse.Namespace) -> ClusterState:
                                    start_new_session=True)
         started.append(service("ray", ray.pid, ray_log))
         dashboard = f"http://{HOST}:{args.dashboard_port}"
+        wait_ready(mlflow.url, proc, timeout=120, log_file=mlflow_log)
         wait_jobs_api(dashboard, ray, ray_log)
     except BaseException as e:
         stop_services(started)
@@ -253,16 +254,16 @@ def wait_jobs_api(dashboard: str, proc: subprocess.Popen, log_file: Path, timeou
 
 
 def print_addresses(state: ClusterState) -> None:
-    print(f"Ray head       {state.gcs_address}   (drivers on this machine: RAY_AUTH_MODE=token foldwise run SPEC "
+    print(f"Ray head         {state.gcs_address}   (drivers on this machine: RAY_AUTH_MODE=token foldwise run SPEC "
           f"--address {state.gcs_address})")
-    print(f"Ray dashboard  {state.dashboard_url}   (Jobs API; submit here)")
-    print(f"MLflow         {state.mlflow_url}   (tracking server and UI)")
+    print(f"Ray dashboard    {state.dashboard_url}   (Jobs API; submit here)")
+    print(f"MLflow           {state.mlflow_url}   (tracking server and UI)")
     for k in ("FOLDWISE_CACHE", "FOLDWISE_OUTPUTS"):
-        print(f"{k:<15}{state.env.get(k, '')}")
-    print(f"state and logs {state.dir}")
-    print("submit a job:  foldwise submit workflows/examples/breast_cancer.yaml "
+        print(f"{k:<17}{state.env.get(k, '')}")
+    print(f"state and logs   {state.dir}")
+    print("submit a job:    foldwise submit workflows/examples/breast_cancer.yaml "
           f"--address {state.dashboard_url} --wait")
-    print("stop:          foldwise cluster down" + ("" if state.dir.endswith(DEFAULT_DIR) else f" --dir {state.dir}"))
+    print("stop:            foldwise cluster down" + ("" if state.dir.endswith(DEFAULT_DIR) else f" --dir {state.dir}"))
 
 
 # --------------------------------------------------------------------------- down / status

@@ -56,6 +56,8 @@ def filesystem(uri: str) -> tuple[Any, str]:
         hint = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme)
         extra = f" (pip install {hint}, or pip install 'foldwise[cloud]')" if hint else ""
         raise StorageError(f"no filesystem for {scheme}:// URIs{extra}: {e}") from None
+    except ValueError as e:  # fsspec: "Protocol not known"
+        raise StorageError(f"no filesystem for {uri.split('://', 1)[0]}:// URIs: {e}") from None
 
 
 class StorageError(RuntimeError):
