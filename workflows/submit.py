@@ -157,7 +157,10 @@ def prepare_job(spec: str, cmd: str, extra: list[str], working_dir: str, trackin
         raise JobsError(str(e)) from None
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
     name = re.sub(r"[^a-z0-9]+", "-", loaded.name.lower()).strip("-")[:40] or "spec"
-    env_vars = {"PYTHONUNBUFFERED": "1"}
+    # `foldwise stop` interrupts the driver (SIGINT, as Ctrl-C would) instead of Ray's default
+    # SIGTERM, so the run ends the way an interrupted run does: its MLflow runs are marked
+    # FAILED and finished folds stay cached; SIGKILL follows only if it has not exited in 20 s.
+    env_vars = {"PYTHONUNBUFFERED": "1", "RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": "20"}
     if tracking_uri:
         env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
     return Job(entrypoint=shlex.join(["foldwise", *argv]),

@@ -74,7 +74,7 @@ def ray_token(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone (and its AWS_* variables restored) after the infra tests
 def s3_server(tmp_path_factory):
     """moto's standalone S3 server on 127.0.0.1, with a bucket; yields the env that reaches it."""
     pytest.importorskip("s3fs", reason="s3fs is in the dev extra")

@@ -220,18 +220,32 @@ def test_outputs_and_cache_on_s3_are_shared(cluster, s3_server, s3_job, tmp_path
 # --------------------------------------------------------------------------- submit without waiting, stop
 
 
-def test_submit_without_wait_then_stop(cluster):
-    done = cluster.foldwise("submit", SPEC, "--address", cluster.dashboard, timeout=120)
+def test_submit_without_wait_then_stop_marks_the_run_failed(cluster):
+    from mlflow.tracking import MlflowClient
+
+    done = cluster.foldwise("submit", TWO_NODES, "--address", cluster.dashboard, "--", "--no-cache", timeout=120)
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip().splitlines()[-1]
-    assert job == job_id_of(done) and job.startswith("foldwise-run-breast-cancer-")
+    assert job == job_id_of(done) and job.startswith("foldwise-run-two-nodes-")
+    client = MlflowClient(tracking_uri=cluster.mlflow)
+    experiment = client.get_experiment_by_name("two-nodes").experiment_id  # created by the S3 job above
+    deadline, parents = time.monotonic() + 120, []
+    while not parents:  # stop it mid-run, once its parent run and its child exist
+        assert time.monotonic() < deadline, cluster.api(f"/api/jobs/{job}").json()
+        running = client.search_runs([experiment], "attributes.status = 'RUNNING' and tags.`foldwise.command` = 'run'")
+        if len(running) == 2:
+            parents = [r for r in running if "mlflow.parentRunId" not in r.data.tags]
+        time.sleep(0.5)
     stopped = cluster.foldwise("stop", job, "--address", cluster.dashboard, timeout=120)
     assert stopped.returncode == 0, stopped.stderr
-    status = cluster.api(f"/api/jobs/{job}").json()["status"]
-    assert status in ("STOPPED", "SUCCEEDED")  # it may finish first on a fast machine
-    assert f"job {job}: {status}" in stopped.stdout or "already ended" in stopped.stdout
+    assert f"job {job}: STOPPED" in stopped.stdout
+    assert cluster.api(f"/api/jobs/{job}").json()["status"] == "STOPPED"
+    run = client.get_run(parents[0].info.run_id)
+    assert run.info.status == "FAILED"  # the driver was interrupted, not killed: it closed its runs
+    kids = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+    assert [k.info.status for k in kids] == ["FAILED"]
     again = cluster.foldwise("stop", job, "--address", cluster.dashboard, timeout=60)
-    assert again.returncode == 0 and "already ended" in again.stdout
+    assert again.returncode == 0 and "already ended: STOPPED" in again.stdout
 
 
 # --------------------------------------------------------------------------- teardown (runs last)
