@@ -27,6 +27,10 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from infra.mlflow_server import ServerConfig
 
 DEFAULT_DIR = ".foldwise/cluster"
 STATE_FILE = "cluster.json"
@@ -204,11 +208,11 @@ def ray_env() -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
-def job_environment(directory: Path, args: argparse.Namespace, mlflow: object) -> dict[str, str]:
+def job_environment(directory: Path, args: argparse.Namespace, mlflow: ServerConfig) -> dict[str, str]:
     """What every job on this cluster inherits: where to track, cache and write outputs."""
     from infra.mlflow_server import ADMIN_PASSWORD_FILE
 
-    env = {"MLFLOW_TRACKING_URI": mlflow.url,  # type: ignore[attr-defined]
+    env = {"MLFLOW_TRACKING_URI": mlflow.url,
            "FOLDWISE_CACHE": args.cache or str(directory / "cache"),
            "FOLDWISE_OUTPUTS": args.outputs or str(directory / "outputs")}
     if args.mlflow_basic_auth:

@@ -29,6 +29,7 @@ import shlex
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -117,11 +118,14 @@ def command(args: argparse.Namespace) -> int:
     return EXIT_OK if final == "SUCCEEDED" else EXIT_FAILED
 
 
+@dataclass(frozen=True)
 class Job:
-    """What is sent: entrypoint, runtime env, id and metadata (no network involved)."""
+    """What is sent: entrypoint, runtime env, id and metadata (built without any network)."""
 
-    def __init__(self, entrypoint: str, runtime_env: dict[str, Any], submission_id: str, metadata: dict[str, str]):
-        self.entrypoint, self.runtime_env, self.submission_id, self.metadata = entrypoint, runtime_env, submission_id, metadata
+    entrypoint: str
+    runtime_env: dict[str, Any]
+    submission_id: str
+    metadata: dict[str, str]
 
 
 def prepare_job(spec: str, cmd: str, extra: list[str], working_dir: str, tracking_uri: str | None) -> Job:

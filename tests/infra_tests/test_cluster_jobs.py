@@ -37,6 +37,7 @@ class Cluster:
     head_procs: list[psutil.Process]
     node2: subprocess.Popen
     node2_procs: list[psutil.Process]
+    up_stdout: str = ""
 
     def foldwise(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([*foldwise_cmd(), *args], cwd=REPO, env=env or self.env, capture_output=True,
@@ -61,7 +62,7 @@ def cluster(ray_token, s3_server):
     node2 = None
     try:
         up = subprocess.run([*foldwise_cmd(), "cluster", "up", "--dir", str(base / "c"), "--ray-port", str(ray_port),
-                             "--dashboard-port", str(dash_port), "--mlflow-port", str(mlflow_port), "--cpus", "1",
+                             "--dashboard-port", str(dash_port), "--mlflow-port", str(mlflow_port), "--cpus", "1", "--gpus", "2",
                              "--temp-dir", str(base / "ray")], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
@@ -78,7 +79,7 @@ def cluster(ray_token, s3_server):
                 env=env | {"RAY_AUTH_MODE": "token"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         c = Cluster(dir=base / "c", dashboard=state["dashboard_url"], mlflow=state["mlflow_url"],
                     gcs=state["gcs_address"], env=env, token=ray_token.read_text().strip(), head_procs=head_procs,
-                    node2=node2, node2_procs=[])
+                    node2=node2, node2_procs=[], up_stdout=up.stdout)
         deadline = time.monotonic() + 120
         while len(alive_nodes(c)) < 2:
             assert node2.poll() is None, (base / "node2.log").read_text()[-3000:]
@@ -119,6 +120,18 @@ def job_id_of(done: subprocess.CompletedProcess) -> str:
 
 
 # --------------------------------------------------------------------------- the main job
+
+
+def test_cluster_up_prints_addresses_and_how_to_submit(cluster):
+    out = cluster.up_stdout
+    assert "Ray token authentication: on" in out
+    assert f"Ray dashboard    {cluster.dashboard}" in out and f"MLflow           {cluster.mlflow}" in out
+    assert f"Ray head         {cluster.gcs}" in out
+    assert f"foldwise submit workflows/examples/breast_cancer.yaml --address {cluster.dashboard} --wait" in out
+    head = next(n for n in alive_nodes(cluster) if n["is_head_node"])
+    assert head["resources_total"]["GPU"] == 2 and head["resources_total"]["CPU"] == 1  # --gpus 2 --cpus 1
+    status = cluster.foldwise("cluster", "status", "--dir", str(cluster.dir), timeout=60)
+    assert status.returncode == 0 and status.stdout.count(" running  pid ") == 2
 
 
 def test_submit_wait_succeeds_and_the_mlflow_server_holds_the_run(cluster, bc_job):
