@@ -185,15 +185,16 @@ def up(directory: Path, args: argparse.Namespace) -> ClusterState:
 
 
 def ray_start_command(args: argparse.Namespace, temp_dir: str) -> list[str]:
-    """`ray start --head --block` on the given ports; every other port is picked free so that
-    several clusters (or a developer's own `ray start`) can share the machine."""
-    ports = free_ports(8)
+    """`ray start --head --block` on the given ports; every other port is picked free (and worker
+    ports left to the OS) so that several clusters, or a developer's own `ray start`, share the machine."""
+    ports = free_ports(7)
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
            "--port", str(args.ray_port), "--dashboard-host", HOST, "--dashboard-port", str(args.dashboard_port),
            "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
            "--ray-client-server-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3]),
            "--dashboard-agent-grpc-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
-           "--metrics-export-port", str(ports[6]), "--temp-dir", temp_dir]
+           "--metrics-export-port", str(ports[6]), "--temp-dir", temp_dir,
+           "--min-worker-port", "0", "--max-worker-port", "0"]  # workers: OS-assigned ports, no clashes
     if args.gpus is not None:
         cmd += ["--num-gpus", str(args.gpus)]
     if args.cpus is not None:
