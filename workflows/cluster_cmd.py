@@ -122,6 +122,12 @@ def check_up_arguments(args: argparse.Namespace) -> str | None:
             return f"{flag}: {port} is not a TCP port (1-65535)"
     if len(set(ports.values())) < len(ports):
         return f"ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}"
+    from infra.mlflow_server import ServerConfigError, validate
+
+    try:
+        validate(mlflow_config(Path(args.dir).expanduser().resolve(), args))
+    except ServerConfigError as e:
+        return str(e)
     state = ClusterState.load(Path(args.dir).expanduser().resolve())
     if state is not None and all(alive(s) for s in state.services):
         return None  # already up: `up` reports it
@@ -136,7 +142,7 @@ def check_up_arguments(args: argparse.Namespace) -> str | None:
 
 def up(directory: Path, args: argparse.Namespace) -> ClusterState:
     """Start MLflow, then the Ray head; on any failure stop what was started."""
-    from infra.mlflow_server import ServerConfig, ServerConfigError, start, validate, wait_ready
+    from infra.mlflow_server import start, wait_ready
 
     existing = ClusterState.load(directory)
     if existing is not None:
@@ -147,13 +153,7 @@ def up(directory: Path, args: argparse.Namespace) -> ClusterState:
         (directory / STATE_FILE).unlink()
     directory.mkdir(parents=True, exist_ok=True)
     token_note = ensure_ray_token()
-    mlflow = ServerConfig(data_dir=directory / "mlflow", port=args.mlflow_port,
-                          backend_store_uri=args.backend_store_uri, artifacts_destination=args.artifacts_destination,
-                          basic_auth=args.mlflow_basic_auth)
-    try:
-        validate(mlflow)
-    except ServerConfigError as e:
-        raise ClusterError(str(e)) from None
+    mlflow = mlflow_config(directory, args)  # validated by check_up_arguments
     started: list[Service] = []
     try:
         # Both start at once (each takes seconds to come up); the head's jobs get the server's URL.
@@ -182,6 +182,13 @@ def up(directory: Path, args: argparse.Namespace) -> ClusterState:
     state.save()
     print(token_note)
     return state
+
+
+def mlflow_config(directory: Path, args: argparse.Namespace) -> ServerConfig:
+    from infra.mlflow_server import ServerConfig
+
+    return ServerConfig(data_dir=directory / "mlflow", port=args.mlflow_port, backend_store_uri=args.backend_store_uri,
+                        artifacts_destination=args.artifacts_destination, basic_auth=args.mlflow_basic_auth)
 
 
 def ray_start_command(args: argparse.Namespace, temp_dir: str) -> list[str]:

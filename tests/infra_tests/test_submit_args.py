@@ -62,3 +62,18 @@ def test_addresses():
     assert submit.resolve_address("https://head.example:443/") == "https://head.example:443"
     with pytest.raises(JobsError, match="not a ray:// or GCS address"):
         submit.resolve_address("ray://head:10001")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--backend-store-uri", "mysql://u@h/db"], "--backend-store-uri 'mysql://u@h/db': use sqlite:///PATH"),
+    (["--ray-port", "7001", "--dashboard-port", "7001"], "ports must differ"),
+    (["--mlflow-port", "0"], "--mlflow-port: 0 is not a TCP port"),
+    (["--gpus", "-1"], "--gpus: -1 is negative"),
+])
+def test_cluster_up_bad_input_starts_and_writes_nothing(tmp_path, capsys, args, message):
+    from workflows.cli import main
+
+    assert main(["cluster", "up", "--dir", str(tmp_path / "c"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().count("\n") == 0
+    assert not (tmp_path / "c").exists()
