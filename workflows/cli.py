@@ -23,6 +23,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ui": ("workflows.ui", "the MLflow UI on foldwise's tracking store, on 127.0.0.1"),
     "ablate": ("workflows.cmd_ablate", "what each feature group is worth: drop one group at a time, paired per-fold deltas"),
     "cache": ("workflows.cache_cmd", "list the result cache (ls) or remove old entries (prune [--older-than 7d])"),
+    "cluster": ("workflows.cluster_cmd", "a desktop cluster: `up` starts a Ray head + MLflow server, `down` stops them, `status`"),
+    "submit": ("workflows.submit", "run a spec on a Ray cluster as a Ray Job (project uploaded, logs streamed with --wait)"),
+    "jobs": ("workflows.jobs_cmd", "list a Ray cluster's jobs"),
+    "logs": ("workflows.logs_cmd", "a Ray job's log (--follow to stream it)"),
+    "stop": ("workflows.stop_cmd", "stop a Ray job"),
 }
 
 

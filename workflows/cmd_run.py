@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from workflows import storage
 from workflows.cli import EXIT_OK, add_common_arguments, bad_input, failed
 
 
@@ -28,7 +28,7 @@ def command(args: argparse.Namespace) -> int:
     except RunFailed as e:
         return failed(str(e), e.run_id)
     print_leaderboard(result.summary)
-    print(str(Path(result.out_dir) / "summary.json"))
+    print(storage.join(result.out_dir, "summary.json"))
     return EXIT_OK
 
 

@@ -33,6 +33,7 @@ from tasks.report import (
 )
 from tasks.slices import feature_frame, slice_scores
 from tasks.train import FoldResult, train_fold
+from workflows import storage
 from workflows import tracking as tk
 from workflows.check import Inputs, data_warnings, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
@@ -56,7 +57,7 @@ class CVResult:
 
     summary: dict[str, Any]
     oof: pd.DataFrame
-    out_dir: Path
+    out_dir: Path | str  # a URI when --out is one
     leaderboard: str = ""
     fold_results: tuple[FoldResult, ...] = field(default=(), repr=False)
 
@@ -324,8 +325,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
             wall_start: float, phases: dict[str, float], warnings: list[str]) -> CVResult:
     tick = time.perf_counter()
     data, plan, ens = dag.data, dag.plan, dag.ensemble
-    out_dir = Path(out) if out else Path("outputs") / spec.name / parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = str(out) if out else storage.join(storage.outputs_root(), spec.name, parent)
+    out_dir = storage.staging_folder(target)  # `target` itself, or a local folder uploaded to it at the end
     model_summaries = {}
     rows = []
     for m in models:
@@ -389,7 +390,7 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
         "wall_seconds": time.perf_counter() - wall_start,
         "startup_seconds": startup_seconds,
         "phase_seconds": phases | {"outputs_and_tracking": time.perf_counter() - tick},
-        "outputs": {k: str(v) if v is not None else None for k, v in outputs.items()},
+        "outputs": {k: storage.relocate(v, out_dir, target) for k, v in outputs.items()},
     }
     write_json(out_dir / "summary.json", summary)
     slice_metrics = {tk.metric_key(tk.M_SLICE, name, model): v for name, row in slices.items()
@@ -401,7 +402,8 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], dag: 
                       tk.TAG_DATA_WARNINGS: str(len(warnings))},
                 steps={tk.M_FOLD_SCORE: ens.fold_scores})
     tracker.log_artifacts(parent, out_dir)
-    return CVResult(summary=summary, oof=oof, out_dir=out_dir, leaderboard=leaderboard,
+    storage.publish_folder(out_dir, target)
+    return CVResult(summary=summary, oof=oof, out_dir=out_dir if not storage.is_uri(target) else target, leaderboard=leaderboard,
                     fold_results=tuple(r for rs in dag.folds.values() for r in rs))
 
 
