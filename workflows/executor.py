@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from workflows.check import InputError
+
 
 class TaskFailed(RuntimeError):
     """A task raised: names the task and the error's last line (no Ray wrapping noise)."""
@@ -22,6 +24,28 @@ class TaskFailed(RuntimeError):
     def __init__(self, task: str, error: str) -> None:
         super().__init__(f"{task} failed: {error}")
         self.task, self.error = task, error
+
+
+class ClusterUnreachable(InputError):
+    """--address names no Ray cluster we can join (nothing listens, or its token refuses us): exit 2."""
+
+
+def _reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds where ray.init would retry for minutes: something must accept a TCP connection."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(f"--address {address!r}: expected HOST:PORT of a Ray head (GCS, port 6379 by default) "
+                                 "or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterUnreachable(f"--address {address}: nothing answers there ({e.strerror or e}); start a cluster "
+                                 "(`foldwise cluster up`, `ray start --head`) or leave --address out to run on a "
+                                 "local Ray") from None
 
 
 class TaskOutOfMemory(TaskFailed):
@@ -53,12 +77,25 @@ class RayExecutor:
 
         self._ray = ray
         start = time.perf_counter()
+        if address is not None:
+            _reachable(address)
         self.owns_cluster = not ray.is_initialized()
         if self.owns_cluster:
             os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))
-            ray.init(address=address, num_cpus=num_cpus if address is None else None,
-                     include_dashboard=False, logging_level="ERROR", log_to_driver=True,
-                     configure_logging=True)
+            if address is not None:
+                # Ray turns token auth on by itself only for clusters it starts or finds; for an
+                # explicit address it must be asked to, or a token-protected head refuses us.
+                from ray._raylet import AuthenticationTokenLoader
+
+                if "RAY_AUTH_MODE" not in os.environ and AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+                    os.environ["RAY_AUTH_MODE"] = "token"
+            try:
+                # "local": a cluster of our own, never one a `ray start` left on this machine
+                ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
+                         include_dashboard=False, logging_level="ERROR", log_to_driver=True,
+                         configure_logging=True)
+            except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+                raise ClusterUnreachable(f"--address {address}: {_last_line(e)}") from None
         self.startup_seconds = time.perf_counter() - start
         self._remote: dict[Callable, Any] = {}
         self._names: dict[Any, str] = {}

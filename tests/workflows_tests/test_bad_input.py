@@ -118,3 +118,22 @@ def test_console_script_prints_one_line_without_traceback(data_dir: Path, tmp_pa
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"foldwise: error: data.target: column 'label' is not in {str(data_dir / 'train.csv')!r} (columns: id, a, b, g, y)"
     assert not (tmp_path / "m.db").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_an_address_where_nothing_listens_exits_2_in_seconds(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """ray.init would retry such an address for minutes; foldwise says so in one line instead."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nobody listens on (bound, then released)
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    db, out = tmp_path / "mlflow.db", tmp_path / "out"
+    start = time.monotonic()
+    code = main(["run", str(spec_file(data_dir, "addr")), "--address", f"127.0.0.1:{port}", "--no-cache",
+                 "--tracking-uri", f"sqlite:///{db}", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and time.monotonic() - start < 30
+    assert err == (f"foldwise: error: --address 127.0.0.1:{port}: nothing answers there (Connection refused); start a "
+                   "cluster (`foldwise cluster up`, `ray start --head`) or leave --address out to run on a local Ray")
+    assert not db.exists() and not out.exists()

@@ -36,13 +36,26 @@ def test_prepared_data_is_read_zero_copy_by_tasks(ray_cluster) -> None:
     assert [ex.get(p) for p in probes] == [(True, True)] * 3
 
 
-def test_fractional_cpus_pack_more_tasks_per_slot(ray_cluster) -> None:
+def meet(folder: str, n: int, timeout: float) -> bool:
+    """Check in, then wait until n tasks have checked in: True only if all n ran at the same time."""
+    import os
+    import uuid
+
+    open(os.path.join(folder, uuid.uuid4().hex), "w").close()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len(os.listdir(folder)) >= n:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_fractional_cpus_pack_more_tasks_per_slot(ray_cluster, tmp_path) -> None:
+    """A rendezvous, not a stopwatch: 4 tasks at cpus=0.5 on 2 CPUs all wait for each other, so they
+    can only all succeed if Ray runs them at once (load on the machine only makes them wait longer)."""
     ex = RayExecutor()
-    # Warm the worker pool first: Ray starts at most num_cpus workers at a time.
-    [ex.get(h) for h in [ex.submit(busy, 1.0, slot=Slot(cpus=0.5)) for _ in range(4)]]
-    spans = [ex.get(h) for h in [ex.submit(busy, 1.5, slot=Slot(cpus=0.5)) for _ in range(4)]]
-    latest_start, earliest_end = max(s for s, _ in spans), min(e for _, e in spans)
-    assert latest_start < earliest_end, "4 tasks at cpus=0.5 on 2 CPUs should all run at once"
+    met = [ex.get(h) for h in [ex.submit(meet, str(tmp_path), 4, 60.0, slot=Slot(cpus=0.5)) for _ in range(4)]]
+    assert met == [True] * 4, "4 tasks at cpus=0.5 on 2 CPUs should all run at once"
     spans = [ex.get(h) for h in [ex.submit(busy, 1.0, slot=Slot(cpus=2)) for _ in range(2)]]
     assert max(s for s, _ in spans) >= min(e for _, e in spans) - 0.05, "cpus=2 tasks must not overlap on 2 CPUs"
 
