@@ -8,6 +8,7 @@ UI test and users' own queries agree on them.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,16 @@ _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LEN = 6000
 
 
+def _artifacts_beside(uri: str, experiment: str) -> str | None:
+    """For a sqlite store, artifacts in `mlruns/<experiment>` next to the .db file (MLflow's own
+    default is ./mlruns of whatever folder the first run happened in); None: the server decides."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri.removeprefix("sqlite:///"))
+    folder = (db if db.is_absolute() else Path.cwd() / db).parent / "mlruns" / re.sub(r"[^\w.\-]", "_", experiment)
+    return folder.resolve().as_uri()
+
+
 def resolve_uri(explicit: str | None = None, spec_uri: str | None = None) -> str:
     """--tracking-uri, then the spec's tracking.uri, then MLFLOW_TRACKING_URI, then sqlite:///mlflow.db."""
     return explicit or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
@@ -67,7 +78,8 @@ class Tracker:
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.experiment_id = found.experiment_id if found else self.client.create_experiment(
+            experiment, artifact_location=_artifacts_beside(uri, experiment))
         self.experiment = experiment
 
     def start_run(self, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> str:
@@ -155,8 +167,6 @@ def process_tags() -> dict[str, str]:
 
 def metric_key(*parts: str) -> str:
     """Dot-joined parts with the characters MLflow refuses in metric names replaced by '_'."""
-    import re
-
     return ".".join(re.sub(r"[^\w\-. /]", "_", p) for p in parts)
 
 

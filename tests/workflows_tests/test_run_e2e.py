@@ -119,3 +119,13 @@ def test_run_records_what_a_write_up_needs(breast_cancer_run, session_dir: Path)
     assert set(imp) == {"logreg", "lgbm"} and set(imp["lgbm"]) == set(X.columns)
     top = max(imp["lgbm"], key=imp["lgbm"].get)
     assert top.startswith("worst"), top  # gain concentrates on the 'worst *' family on this data
+
+
+def test_artifacts_live_beside_the_sqlite_store(breast_cancer_run, session_dir: Path) -> None:
+    """Not in ./mlruns of whatever folder the command ran in: the store and its files stay together."""
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient(f"sqlite:///{session_dir / 'mlflow.db'}").get_run(breast_cancer_run.run_id)
+    folder = Path(run.info.artifact_uri.removeprefix("file://"))
+    assert folder.is_relative_to(session_dir / "mlruns" / "breast-cancer")
+    assert (folder / "summary.json").is_file() and (folder / "oof.parquet").is_file()
