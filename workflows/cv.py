@@ -34,6 +34,7 @@ from workflows import tracking as tk
 from workflows.check import Inputs, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
+from workflows.fold_runs import log_fold_run
 from workflows.provenance import adapter_version, code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
@@ -79,7 +80,8 @@ class DagOutput:
 def model_config(spec_model: Any) -> ModelConfig:
     return ModelConfig(name=spec_model.name, type=spec_model.type, params=dict(spec_model.params),
                        estimator=spec_model.estimator, preprocess=tuple(spec_model.preprocess),
-                       cpus=spec_model.resources.cpus, gpus=spec_model.resources.gpus)
+                       cpus=spec_model.resources.cpus, gpus=spec_model.resources.gpus,
+                       augment=spec_model.augment.model_dump() if spec_model.augment else None, tta=tuple(spec_model.tta))
 
 
 def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
@@ -152,7 +154,7 @@ def node_keys(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], ver
     param, preprocessing step and resource that can change its output is.
     """
     data = key_of("data", asdict(inputs.data), source_stamp(inputs.data.train), source_stamp(inputs.data.test),
-                  tasks_version())
+                  tasks_version(), *([inputs.summary.image_stamp] if inputs.summary.image_stamp else []))
     plan = key_of("plan", data, inputs.scheme, spec.cv.folds, spec.cv.seed)
     folds = {(m.name, k): key_of("fold", plan, asdict(m) | {"name": None}, k, inputs.metric, spec.cv.seed,
                                  tasks_version(), adapter_version(m.type))
@@ -218,12 +220,14 @@ def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, 
     for (name, k), r in sub.cached.items():
         folds[name][k] = r
         tracker.log_step(children[name], tk.M_FOLD_SCORE, r.score, step=k)
+        log_fold_run(tracker, children[name], r)
     with _progress_bar(progress, len(keys.folds), done=len(sub.cached)) as bar:
         try:
             for _, result in ex.as_completed(list(sub.fits)):
                 cache.put("fold", keys.folds[(result.model, result.fold)], result)
                 folds[result.model][result.fold] = result
                 tracker.log_step(children[result.model], tk.M_FOLD_SCORE, result.score, step=result.fold)
+                log_fold_run(tracker, children[result.model], result)
                 bar.advance(f"{result.model} fold {result.fold}: {result.score:.5f}")
         except TaskFailed:
             ex.cancel(list(sub.fits))

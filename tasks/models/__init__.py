@@ -20,6 +20,7 @@ BUILTIN_MODEL_TYPES: dict[str, str] = {
     "sklearn": "tasks.models.sklearn_model:SklearnModel",
     "lightgbm": "tasks.models.lightgbm_model:LightGBMModel",
     "torch_mlp": "tasks.models.torch_mlp:TorchMLPModel",
+    "torch_image": "tasks.models.torch_image:TorchImageModel",
 }
 
 # Preprocessing steps for numeric columns, fitted inside the fold (sklearn-type models).
@@ -44,6 +45,8 @@ class ModelConfig:
     preprocess: tuple[str, ...] = ()
     cpus: float = 1.0
     gpus: float = 0.0
+    augment: dict[str, Any] | None = None  # {"train": ..., "valid": ...} as in the spec (image models)
+    tta: tuple[str, ...] = ()  # test-time views averaged at predict time (image models)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,25 @@ class FitContext:
     seed: int
     n_threads: int = 1
     gpus: float = 0.0
+    image_column: str | None = None  # the column of X holding image paths (adapters with takes_images)
+
+
+@dataclass(frozen=True)
+class TrainingLog:
+    """What an adapter that trains in epochs reports back through the fold result (optional).
+
+    An adapter offers it with a `training_log()` method; the driver logs `history` as
+    metrics stepped by epoch on the fold's MLflow run and `checkpoint` as its artifact.
+    """
+
+    history: dict[str, list[float]]  # metric -> one value per epoch (epoch 1 first)
+    best_epoch: int | None  # the epoch whose weights predict (1-based)
+    selection: str  # how that epoch was chosen, in words
+    device: str  # where it trained: "cuda:0" or "cpu"
+    visible_devices: str | None  # CUDA_VISIBLE_DEVICES as the task saw it (set by Ray from its GPU ids)
+    notes: tuple[str, ...] = ()  # e.g. the CPU fallback, a checkpoint left out for size
+    checkpoint: bytes | None = None  # torch.save of the selected weights, or None
+    checkpoint_name: str = "best.pt"
 
 
 @runtime_checkable
