@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import os
 import warnings
 from typing import Any
+
+# albumentations asks PyPI for a newer version on import; foldwise makes no network calls at run time.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 TTA_TRANSFORMS: tuple[str, ...] = ("hflip", "vflip", "transpose", "rot90", "rot180", "rot270")
 _ROTATING_TTA = ("transpose", "rot90", "rot270")  # need square images
@@ -118,12 +122,12 @@ def build(value: Any, seed: int | None = None, where: str = "augment") -> Any:
     node = canonical(value, where)
     if node is None:
         return A.Compose([], seed=seed)
-    pipeline = _build_node(node, _registry(), where)
+    pipeline = _build_node(node, _registry(), where, top=True)
     pipeline.set_random_seed(seed)
     return pipeline
 
 
-def _build_node(node: dict[str, Any], registry: dict[str, type], where: str) -> Any:
+def _build_node(node: dict[str, Any], registry: dict[str, type], where: str, top: bool = False) -> Any:
     from albumentations.core.serialization import shorten_class_name
 
     raw_name = node.get("__class_fullname__")
@@ -144,7 +148,7 @@ def _build_node(node: dict[str, Any], registry: dict[str, type], where: str) -> 
     if "transforms" in args:
         if not isinstance(args["transforms"], list):
             raise AugmentError(f"{where}: {name}.transforms must be a list of transforms")
-        args["transforms"] = [_build_node(t, registry, f"{where} {name}.transforms[{i}]")
+        args["transforms"] = [_build_node(t, registry, f"{where}[{i}]" if top else f"{where} {name}.transforms[{i}]")
                               for i, t in enumerate(args["transforms"])]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -92,7 +92,10 @@ def read_table(source: str, columns: list[str] | None = None) -> pd.DataFrame:
     if source.startswith("sklearn:"):
         name = source.removeprefix("sklearn:")
         if name in IMAGE_DATASETS:
-            return pd.read_csv(builtin_table(name), usecols=columns)
+            try:
+                return pd.read_csv(builtin_table(name), usecols=columns)
+            except ImportError as e:
+                raise DataError(str(e)) from None
         frame = _sklearn_frame(name)
         return frame[columns] if columns is not None else frame
     lower = source.lower()
@@ -205,7 +208,7 @@ def _check_images(values: pd.Series, source: str, key: str) -> str:
     if len(paths) and "://" not in paths[0]:
         try:
             images.read_image(paths[0], 3)
-        except images.ImageReadError as e:
+        except (images.ImageReadError, ImportError) as e:
             raise DataError(f"{key}: {e}") from None
     return images.stamp(paths)
 

@@ -31,6 +31,14 @@ class ImageReadError(ValueError):
     """An image path that cannot be read or decoded (names the path)."""
 
 
+def cv2_module():  # noqa: ANN201 - the cv2 module
+    try:
+        import cv2
+    except ImportError as e:
+        raise ImportError("image datasets need OpenCV: pip install 'foldwise[images]'") from e
+    return cv2
+
+
 def data_home() -> Path:
     """Where built-in image datasets are written: $FOLDWISE_DATA, else the user's cache folder."""
     explicit = os.environ.get("FOLDWISE_DATA")
@@ -53,8 +61,9 @@ def write_digits_images(home: Path) -> Path:
     Written into a temporary folder and renamed into place, so concurrent callers (the
     driver's check and the prepare task) never see a half-written dataset.
     """
-    import cv2
     from sklearn.datasets import load_digits
+
+    cv2 = cv2_module()
 
     folder = home / f"digits_images-{_DIGITS_VERSION}"
     table = folder / "train.csv"
@@ -128,7 +137,7 @@ def stamp(paths: np.ndarray) -> str:
 
 def read_image(path: str, channels: int) -> np.ndarray:
     """HxWxC uint8 (C = 1 or 3, RGB order); 16-bit images are scaled to 8 bits."""
-    import cv2
+    cv2 = cv2_module()
 
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     if "://" in path:

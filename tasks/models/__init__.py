@@ -106,6 +106,11 @@ def inner_split(y: np.ndarray, task: str, seed: int, fraction: float = 0.1) -> t
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
-    stratify = y if task != "regression" and np.bincount(y.astype(int)).min() >= 2 else None
+    counts = np.bincount(y.astype(int)) if task != "regression" else np.empty(0)
+    n_classes = int((counts > 0).sum())
+    n_stop = int(np.ceil(fraction * len(y)))
+    # stratify when sklearn can: every class twice, and both sides at least one row per class
+    can_stratify = task != "regression" and counts[counts > 0].min() >= 2 and min(n_stop, len(y) - n_stop) >= n_classes
+    stratify = y if can_stratify else None
     fit_idx, stop_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(fit_idx), np.sort(stop_idx)

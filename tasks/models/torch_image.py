@@ -38,7 +38,7 @@ except ImportError as e:
     raise ImportError("model type torch_image needs torch: pip install 'foldwise[torch]'") from e
 
 from tasks.augment import build as build_pipeline
-from tasks.images import read_image
+from tasks.images import cv2_module, read_image
 from tasks.models import FitContext, ModelConfig, TrainingLog, inner_split
 from tasks.models.image_params import DEFAULTS, check_params, image_size
 
@@ -79,8 +79,7 @@ class ImageRows(Dataset):
 
 def load_image(path: str, size: tuple[int, int], channels: int) -> np.ndarray:
     """Read with OpenCV and resize to (height, width): INTER_AREA to shrink, linear to grow."""
-    import cv2
-
+    cv2 = cv2_module()
     img = read_image(path, channels)
     h, w = size
     if img.shape[:2] != (h, w):
