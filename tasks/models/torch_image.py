@@ -393,12 +393,12 @@ class TorchImageModel:
             acc = None
             for view in views:
                 with torch.autocast(self.device.type, dtype=amp_dtype, enabled=use_amp):
-                    out = self._out(self.net(view(xb)))
+                    out = self._out(self.net(view(xb))).double()  # probabilities in float64: rows sum to 1
                 if self.ctx.task == "multiclass":
                     out = torch.softmax(out, dim=-1)
                 elif self.ctx.task == "binary":
                     out = torch.sigmoid(out)
-                acc = out.double() if acc is None else acc + out.double()
+                acc = out if acc is None else acc + out
             parts.append((acc / len(views)).cpu().numpy())
         n_out = self.ctx.n_classes if self.ctx.task == "multiclass" else None
         result = np.concatenate(parts) if parts else np.empty((0, n_out) if n_out else (0,))
