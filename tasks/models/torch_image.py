@@ -137,7 +137,13 @@ def make_network(p: dict[str, Any], n_out: int) -> nn.Module:
 
 def load_weights(net: nn.Module, path: str) -> str:
     """A local state_dict (or a foldwise checkpoint) into `net`; tensors whose shape differs (the head) are skipped."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     own = net.state_dict()

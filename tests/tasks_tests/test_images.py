@@ -315,3 +315,12 @@ def test_bad_params_are_named() -> None:
     except ImportError:
         assert "needs timm installed" in check_params({"arch": "timm:resnet18"})
     assert "needs square images" in check_model({"image_size": [8, 16]}, None, ["rot90"])
+
+
+def test_timm_architecture_when_installed(digits) -> None:
+    """timm is optional: this runs where it is installed (random init; nothing downloaded)."""
+    pytest.importorskip("timm")
+    params = {**TINY, "arch": "timm:resnet18", "image_size": 32, "epochs": 1, "select_epoch": "last"}
+    model = create_model(ModelConfig(name="t", type="torch_image", params=params), _ctx(digits))
+    model.fit(_frame(digits.images[:64]), digits.y[:64])
+    assert model.predict(_frame(digits.images[64:80])).shape == (16, 10)
