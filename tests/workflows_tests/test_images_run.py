@@ -133,6 +133,36 @@ def test_test_predictions_are_the_mean_over_folds(csv_run) -> None:
     assert result.summary["rows"] == {"train": 300, "test": 60, "features": 0}
 
 
+def test_cached_rerun_logs_the_fold_runs_again_and_an_edited_image_changes_the_key(csv_run, session_dir) -> None:
+    from tasks.data import read_table
+    from workflows.check import validate_inputs
+    from workflows.cv import model_config, node_keys, run_cv
+    from workflows.provenance import code_version
+    from workflows.spec import load_spec
+    from workflows.tracking import RunReader
+
+    first, d = csv_run
+    uri = f"sqlite:///{session_dir / 'images.db'}"
+    again = run_cv(d / "spec.yaml", out=d / "out2", tracking_uri=uri)
+    assert again.summary["models"]["cnn"]["cached"] == [True] * 3
+    assert again.summary["models"]["cnn"]["fold_scores"] == first.summary["models"]["cnn"]["fold_scores"]
+    reader = RunReader(uri)
+    (child,) = reader.children(again.run_id)
+    assert sorted(r.name for r in reader.children(child.run_id)) == ["cnn-fold0", "cnn-fold1", "cnn-fold2"]
+
+    spec = load_spec(d / "spec.yaml")
+    models = [model_config(m) for m in spec.models]
+
+    def keys():  # noqa: ANN202
+        return node_keys(spec, validate_inputs(spec), models, code_version(models))
+
+    before = keys()
+    image = d / read_table(str(d / "train.csv"))["path"].iloc[0]
+    image.write_bytes(cv2.imencode(".png", np.zeros((8, 8), np.uint8))[1].tobytes())  # same path, new content
+    after = keys()
+    assert after.data != before.data and after.folds[("cnn", 0)] != before.folds[("cnn", 0)]
+
+
 # --------------------------------------------------------------------------- logical GPUs
 
 
@@ -144,7 +174,7 @@ GPU_SCRIPT = textwrap.dedent("""
              log_to_driver=True, _temp_dir=tempfile.mkdtemp(prefix="fwray-", dir="/tmp"))
     from workflows.cv import run_cv
     seen = {}
-    fast = ["cv.folds=8", "models.0.params.epochs=1", "models.0.params.image_size=8", "models.0.params.width=8",
+    fast = [f"data.train={sys.argv[3]}", "cv.folds=8", "models.0.params.epochs=1", "models.0.params.image_size=8", "models.0.params.width=8",
             "models.0.params.select_epoch=last", "models.0.params.checkpoint=false"]
     # whole GPUs: 8 CPU slots, 4 GPUs, so the GPUs bound the folds at once; halves: 4 CPU slots, 2 folds per GPU
     for label, cpus, gpus in (("whole", 0.5, 1), ("half", 1, 0.5)):
@@ -167,9 +197,14 @@ def _overlaps(folds: list[dict]) -> list[list[dict]]:
 def logical_gpus(tmp_path_factory):
     """8 folds on a local Ray with 4 logical GPUs (this machine has none), in its own process
     (a process can ray.init once, and the session cluster has no GPUs)."""
+    from tasks.data import DataConfig, prepare_data
+
     d = tmp_path_factory.mktemp("gpus")
+    digits = prepare_data(DataConfig(train="sklearn:digits_images", target="target", image="image"))
+    small = d / "small.csv"  # 240 digits by absolute path: the scheduling is the point, not the model
+    pd.DataFrame({"image": digits.images[:240], "target": digits.y[:240]}).to_csv(small, index=False)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_DEDUP_LOGS": "0"}
-    proc = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(SPEC), str(d)], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-c", GPU_SCRIPT, str(SPEC), str(d), str(small)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((d / "seen.json").read_text()), proc.stderr
