@@ -174,15 +174,26 @@ GPU_SCRIPT = textwrap.dedent("""
              log_to_driver=True, _temp_dir=tempfile.mkdtemp(prefix="fwray-", dir="/tmp"))
     from workflows.cv import run_cv
     seen = {}
-    fast = [f"data.train={sys.argv[3]}", "cv.folds=8", "models.0.params.epochs=1", "models.0.params.image_size=8", "models.0.params.width=8",
+    fast = [f"data.train={sys.argv[3]}", "models.0.params.epochs=1", "models.0.params.image_size=8", "models.0.params.width=8",
             "models.0.params.select_epoch=last", "models.0.params.checkpoint=false"]
-    # whole GPUs: 8 CPU slots, 4 GPUs, so the GPUs bound the folds at once; halves: 4 CPU slots, 2 folds per GPU
-    for label, cpus, gpus in (("whole", 0.5, 1), ("half", 1, 0.5)):
-        r = run_cv(sys.argv[1], overrides=fast + [f"models.0.resources.cpus={cpus}", f"models.0.resources.gpus={gpus}"],
-                   out=f"{sys.argv[2]}/{label}", tracking_uri=f"sqlite:///{sys.argv[2]}/gpu.db", no_cache=True)
-        seen[label] = [dict(fold=f.fold, started=f.started, ended=f.ended, visible=f.training.visible_devices,
-                            device=f.training.device, notes=list(f.training.notes), score=f.score)
-                       for f in r.fold_results]
+    # 8 folds, 8 CPU slots, 4 GPUs: the GPUs bound the folds at once. Every GPU fold starts a fresh worker.
+    r = run_cv(sys.argv[1], overrides=fast + ["cv.folds=8", "models.0.resources.cpus=0.5", "models.0.resources.gpus=1"],
+               out=f"{sys.argv[2]}/whole", tracking_uri=f"sqlite:///{sys.argv[2]}/gpu.db", no_cache=True)
+    seen["whole"] = [dict(fold=f.fold, started=f.started, ended=f.ended, visible=f.training.visible_devices,
+                          device=f.training.device, notes=list(f.training.notes), score=f.score)
+                     for f in r.fold_results]
+    # Half a GPU per task, through the same executor path (light tasks: no torch import per fresh worker)
+    import os, time
+    from workflows.executor import RayExecutor, Slot
+    def hold(seconds):
+        started = time.time()
+        time.sleep(seconds)
+        return dict(pid=os.getpid(), visible=os.environ.get("CUDA_VISIBLE_DEVICES"), started=started, ended=time.time())
+    ex = RayExecutor()
+    seen["half"] = [ex.get(h) for h in [ex.submit(hold, 3.0, slot=Slot(cpus=1, gpus=0.5)) for _ in range(4)]]
+    # one after another: GPU tasks each get a fresh process (CUDA binds a process to its first GPU); CPU tasks reuse
+    seen["gpu_pids"] = [ex.get(ex.submit(hold, 0.0, slot=Slot(cpus=1, gpus=1)))["pid"] for _ in range(3)]
+    seen["cpu_pids"] = [ex.get(ex.submit(hold, 0.0, slot=Slot(cpus=1)))["pid"] for _ in range(3)]
     ray.shutdown()
     json.dump(seen, open(f"{sys.argv[2]}/seen.json", "w"))
 """)
@@ -195,8 +206,8 @@ def _overlaps(folds: list[dict]) -> list[list[dict]]:
 
 @pytest.fixture(scope="module")
 def logical_gpus(tmp_path_factory):
-    """8 folds on a local Ray with 4 logical GPUs (this machine has none), in its own process
-    (a process can ray.init once, and the session cluster has no GPUs)."""
+    """8 folds (and a few light tasks) on a local Ray with 4 logical GPUs (this machine has none), in its
+    own process (a process can ray.init once, and the session cluster has no GPUs)."""
     from tasks.data import DataConfig, prepare_data
 
     d = tmp_path_factory.mktemp("gpus")
@@ -226,15 +237,21 @@ def test_one_gpu_per_fold_at_most_four_at_once_each_on_its_own_gpu(logical_gpus)
     assert "CUDA_VISIBLE_DEVICES=" in folds[0]["notes"][0] and "falling back to CPU" in stderr
 
 
-def test_half_a_gpu_per_fold_two_folds_share_one(logical_gpus) -> None:
+def test_gpu_tasks_never_reuse_a_worker_process(logical_gpus) -> None:
     seen, _ = logical_gpus
-    folds = seen["half"]
-    assert all(f["visible"] in {"0", "1", "2", "3"} for f in folds)
-    running = _overlaps(folds)
+    assert len(set(seen["gpu_pids"])) == 3, seen["gpu_pids"]  # one after another, yet 3 processes
+    assert len(set(seen["cpu_pids"])) < 3, seen["cpu_pids"]  # CPU tasks do reuse warm workers
+
+
+def test_half_a_gpu_per_task_two_tasks_share_one(logical_gpus) -> None:
+    seen, _ = logical_gpus
+    tasks = seen["half"]
+    assert all(t["visible"] in {"0", "1", "2", "3"} for t in tasks)
+    running = _overlaps(tasks)
     for group in running:
         ids = [g["visible"] for g in group]
-        assert max(ids.count(i) for i in set(ids)) <= 2, ids  # never three folds on one GPU
-    assert any(len(g) > len({x["visible"] for x in g}) for g in running), "no GPU was ever shared by two folds"
+        assert max(ids.count(i) for i in set(ids)) <= 2, ids  # never three on one GPU
+    assert any(len(g) > len({x["visible"] for x in g}) for g in running), "no GPU was ever shared by two tasks"
 
 
 # --------------------------------------------------------------------------- the spec
