@@ -26,6 +26,7 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -132,8 +133,9 @@ def bench(dataset: str, table: Path | None, args: argparse.Namespace, gpu: bool,
                  "concurrent": 1, "speedup": 1.0, "accuracy": float(np.mean([r.score for r in loop]))})
     for share in shares:
         tick = time.perf_counter()
+        temp = tempfile.mkdtemp(prefix="fwbench-", dir="/tmp")
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="fwbench-", dir="/tmp"))
+                 log_to_driver=False, _temp_dir=temp)
         startup = time.perf_counter() - tick
         try:
             # warm the workers once (torch import) so the timed run measures training, as a user's 2nd run would
@@ -146,6 +148,7 @@ def bench(dataset: str, table: Path | None, args: argparse.Namespace, gpu: bool,
             wall = time.perf_counter() - tick
         finally:
             ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
         folds = list(result.fold_results)
         rows.append({"dataset": dataset, "how": f"foldwise, {args.folds} fold tasks on Ray",
                      "share": f"{'gpus' if gpu else 'cpus'}={share:g}/fold", "wall_s": wall,

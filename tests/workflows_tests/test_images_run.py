@@ -167,11 +167,11 @@ def test_cached_rerun_logs_the_fold_runs_again_and_an_edited_image_changes_the_k
 
 
 GPU_SCRIPT = textwrap.dedent("""
-    import json, sys, tempfile
+    import json, shutil, sys, tempfile
     import ray
-    # 4 logical CPUs: 4 worker processes import torch once and serve all 16 fold tasks
+    temp = tempfile.mkdtemp(prefix="fwray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, logging_level="ERROR",
-             log_to_driver=True, _temp_dir=tempfile.mkdtemp(prefix="fwray-", dir="/tmp"))
+             log_to_driver=True, _temp_dir=temp)
     from workflows.cv import run_cv
     seen = {}
     fast = [f"data.train={sys.argv[3]}", "models.0.params.epochs=1", "models.0.params.image_size=8", "models.0.params.width=8",
@@ -195,6 +195,7 @@ GPU_SCRIPT = textwrap.dedent("""
     seen["gpu_pids"] = [ex.get(ex.submit(hold, 0.0, slot=Slot(cpus=1, gpus=1)))["pid"] for _ in range(3)]
     seen["cpu_pids"] = [ex.get(ex.submit(hold, 0.0, slot=Slot(cpus=1)))["pid"] for _ in range(3)]
     ray.shutdown()
+    shutil.rmtree(temp, ignore_errors=True)
     json.dump(seen, open(f"{sys.argv[2]}/seen.json", "w"))
 """)
 
