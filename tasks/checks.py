@@ -121,7 +121,7 @@ def _other_side_errors(train: pd.DataFrame, config: DataConfig, other: Side) -> 
     if len(frame) == 0:
         return [Finding("error", "empty", None, f"{key}: {other.source!r} has no rows")]
     features = feature_columns(list(train.columns), config)
-    allowed = set(features) | {c for c in (config.id, config.target, config.groups) if c} | set(config.drop)
+    allowed = set(features) | {c for c in (config.id, config.target, config.groups, config.image) if c} | set(config.drop)
     missing = [c for c in features if c not in frame.columns]
     extra = [c for c in frame.columns if c not in allowed]
     if missing or extra:

@@ -17,6 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tasks import images
+from tasks.images import IMAGE_DATASETS, builtin_table
+
 SKLEARN_DATASETS = ("breast_cancer", "iris", "wine", "digits", "diabetes")
 
 
@@ -34,6 +37,7 @@ class DataConfig:
     drop: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     task: str | None = None  # None -> inferred from the target
+    image: str | None = None  # column of image paths (relative to the table's folder); not a feature
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class DataSummary:
     groups: np.ndarray | None
     columns: tuple[str, ...]  # feature columns
     test_rows: int | None
+    image_stamp: str | None = None  # paths + sizes + mtimes of the images, for cache keys
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class PreparedData:
     id_column: str | None = None
     target: str = "target"
     meta: dict[str, object] = field(default_factory=dict)
+    image_column: str | None = None  # data.image: its paths are in `images`, not in X
+    images: np.ndarray | None = None  # (n,) absolute image paths / URIs of the training rows
+    test_images: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
@@ -100,7 +108,13 @@ def drop_columns(data: PreparedData, drop: tuple[str, ...]) -> PreparedData:
 def read_table(source: str, columns: list[str] | None = None) -> pd.DataFrame:
     """CSV or Parquet from a local path or an fsspec/pyarrow URI, or `sklearn:NAME`."""
     if source.startswith("sklearn:"):
-        frame = _sklearn_frame(source.removeprefix("sklearn:"))
+        name = source.removeprefix("sklearn:")
+        if name in IMAGE_DATASETS:
+            try:
+                return pd.read_csv(builtin_table(name), usecols=columns)
+            except ImportError as e:
+                raise DataError(str(e)) from None
+        frame = _sklearn_frame(name)
         return frame[columns] if columns is not None else frame
     lower = source.lower()
     if "://" not in source and not Path(source).exists():
@@ -144,7 +158,8 @@ def _sklearn_frame(name: str) -> pd.DataFrame:
     import sklearn.datasets as ds
 
     if name not in SKLEARN_DATASETS:
-        raise DataError(f"unknown built-in dataset 'sklearn:{name}' (valid: {', '.join('sklearn:' + n for n in SKLEARN_DATASETS)})")
+        valid = ", ".join("sklearn:" + n for n in SKLEARN_DATASETS + IMAGE_DATASETS)
+        raise DataError(f"unknown built-in dataset 'sklearn:{name}' (valid: {valid})")
     bunch = getattr(ds, f"load_{name}")(as_frame=True)
     frame = bunch.frame.copy()
     if "target" not in frame.columns:
@@ -159,13 +174,14 @@ def inspect_data(config: DataConfig) -> DataSummary:
     """Validate columns and target with the cheapest read that can; raise DataError."""
     header = read_header(config.train)
     names = list(header.columns)
-    for key, col in (("data.target", config.target), ("data.id", config.id), ("data.groups", config.groups)):
+    for key, col in (("data.target", config.target), ("data.id", config.id), ("data.groups", config.groups),
+                     ("data.image", config.image)):
         if col is not None and col not in names:
             raise DataError(f"{key}: column {col!r} is not in {config.train!r} (columns: {_preview(names)})")
     for col in config.drop + config.categorical:
         if col not in names:
             raise DataError(f"features: column {col!r} is not in {config.train!r} (columns: {_preview(names)})")
-    needed = [c for c in (config.target, config.id, config.groups) if c is not None]
+    needed = [c for c in (config.target, config.id, config.groups, config.image) if c is not None]
     frame = header if config.train.startswith("sklearn:") else read_table(config.train, columns=needed)
     if len(frame) == 0:
         raise DataError(f"{config.train!r} has no rows")
@@ -179,20 +195,45 @@ def inspect_data(config: DataConfig) -> DataSummary:
     if groups is not None and pd.isna(groups).any():
         raise DataError(f"data.groups: column {config.groups!r} has missing values")
     features = feature_columns(names, config)
-    if not features:
+    if not features and config.image is None:
         raise DataError(f"{config.train!r} has no feature columns left after target/id/groups/drop")
+    image_stamp = _check_images(frame[config.image], config.train, "data.image") if config.image else None
     test_rows = None
     if config.test is not None:
         test_header = read_header(config.test)
         _check_test_columns(header, test_header, features, config)
         test_rows = None  # counted by prepare; the header read is deliberately partial
+        if config.image is not None:
+            if config.image not in test_header.columns:
+                raise DataError(f"data.test: image column {config.image!r} is missing from the test file")
+            test_images = read_table(config.test, columns=[config.image])[config.image]
+            image_stamp += _check_images(test_images, config.test, "data.test")
     return DataSummary(task=task, n_rows=len(frame), n_classes=len(classes), classes=classes, y=y, groups=groups,
-                       columns=tuple(features), test_rows=test_rows)
+                       columns=tuple(features), test_rows=test_rows, image_stamp=image_stamp)
+
+
+def _check_images(values: pd.Series, source: str, key: str) -> str:
+    """Every image path present (local files), the first one decodable; returns their stamp."""
+    if values.isna().any():
+        raise DataError(f"{key}: image column {values.name!r} has {int(values.isna().sum())} missing path(s)")
+    folder = images.table_folder(source)
+    paths = images.resolve_paths(values, folder)
+    missing = images.missing_paths(paths)
+    if missing:
+        i = missing[0]
+        raise DataError(f"{key}: image column {values.name!r} row {i}: file {str(values.iloc[i])!r} does not exist "
+                        f"({len(missing)} missing; relative paths are read from {folder})")
+    if len(paths) and "://" not in paths[0]:
+        try:
+            images.read_image(paths[0], 3)
+        except (images.ImageReadError, ImportError) as e:
+            raise DataError(f"{key}: {e}") from None
+    return images.stamp(paths)
 
 
 def _check_test_columns(train: pd.DataFrame, test: pd.DataFrame, features: list[str], config: DataConfig) -> None:
     missing = [c for c in features if c not in test.columns]
-    allowed = set(features) | {c for c in (config.id, config.target, config.groups) if c} | set(config.drop)
+    allowed = set(features) | {c for c in (config.id, config.target, config.groups, config.image) if c} | set(config.drop)
     extra = [c for c in test.columns if c not in allowed]
     if missing or extra:
         parts = []
@@ -220,7 +261,7 @@ def _preview(items: list[str], n: int = 8) -> str:
 
 
 def feature_columns(names: list[str], config: DataConfig) -> list[str]:
-    skip = {c for c in (config.target, config.id, config.groups) if c} | set(config.drop)
+    skip = {c for c in (config.target, config.id, config.groups, config.image) if c} | set(config.drop)
     return [c for c in names if c not in skip]
 
 
@@ -292,10 +333,16 @@ def prepare_data(config: DataConfig) -> PreparedData:
     groups = train[config.groups].to_numpy() if config.groups else None
     ids = train[config.id].to_numpy() if config.id else None
     test_ids = test[config.id].to_numpy() if (test is not None and config.id) else None
+    train_images = test_images = None
+    if config.image:
+        train_images = images.resolve_paths(train[config.image], images.table_folder(config.train))
+        if test is not None:
+            test_images = images.resolve_paths(test[config.image], images.table_folder(config.test))
     return PreparedData(
         X=X, y=y, columns=tuple(features), categories=categories, task=task, classes=classes,
-        fingerprint=fingerprint(X, y, features, X_test), groups=groups, ids=ids, X_test=X_test,
-        test_ids=test_ids, id_column=config.id, target=config.target,
+        fingerprint=fingerprint(X, y, features, X_test, train_images, test_images), groups=groups, ids=ids,
+        X_test=X_test, test_ids=test_ids, id_column=config.id, target=config.target, image_column=config.image,
+        images=train_images, test_images=test_images,
     )
 
 
@@ -312,9 +359,13 @@ def _numeric(values: pd.Series) -> np.ndarray:
     return out
 
 
-def fingerprint(X: np.ndarray, y: np.ndarray, columns: list[str], X_test: np.ndarray | None) -> str:
+def fingerprint(X: np.ndarray, y: np.ndarray, columns: list[str], X_test: np.ndarray | None,
+                train_images: np.ndarray | None = None, test_images: np.ndarray | None = None) -> str:
     h = hashlib.sha256()
     for part in (X, y, X_test if X_test is not None else np.empty(0)):
         h.update(np.ascontiguousarray(part).tobytes())
     h.update("\x1f".join(columns).encode())
+    for paths in (train_images, test_images):
+        if paths is not None:  # which image files, and their sizes and mtimes
+            h.update(images.stamp(paths).encode())
     return h.hexdigest()[:16]

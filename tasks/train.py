@@ -15,7 +15,7 @@ from tasks.data import PreparedData, drop_columns
 from tasks.features import fit_vocabulary, frame
 from tasks.folds import FoldPlan
 from tasks.metrics import score
-from tasks.models import FitContext, ModelConfig, create_model
+from tasks.models import FitContext, ModelConfig, TrainingLog, create_model
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class FoldResult:
     # the pickled fitted adapter (None when it cannot be pickled): later nodes re-predict with
     # it (permutation importance, new test data) instead of refitting
     fitted: bytes | None = None
+    training: TrainingLog | None = None  # per-epoch history + checkpoint, from adapters that train in epochs
+    started: float = 0.0  # unix seconds when the fold task began / ended (a timeline of the run)
+    ended: float = 0.0
 
 
 def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str, seed: int,
@@ -42,22 +45,34 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
 
     `drop` names feature columns the model must not see (an ablation variant); empty for `foldwise run`.
     """
+    started = time.time()
     if drop:
         data = drop_columns(data, drop)
     train_rows, valid_rows = plan.train_rows(fold), plan.valid_rows(fold)
     vocab = fit_vocabulary(data, train_rows)
     ctx = FitContext(task=data.task, n_classes=data.n_classes, categorical=data.categorical, seed=seed,
-                     n_threads=max(1, int(config.cpus)), gpus=config.gpus)
+                     n_threads=max(1, int(config.cpus)), gpus=config.gpus, image_column=data.image_column)
     model = create_model(config, ctx)
+    images = data.images is not None and getattr(model, "takes_images", False)
+
+    def rows_of(X: np.ndarray | None, paths: np.ndarray | None, rows: np.ndarray | None):  # noqa: ANN202
+        """The fold frame; the image paths as one more column for adapters that take images."""
+        X_rows = X if rows is None else X[rows]
+        out = frame(data, X_rows, vocab)
+        if images:
+            out[data.image_column] = paths if rows is None else paths[rows]
+        return out
+
     with PeakMemory() as memory:
         start = time.perf_counter()
-        model.fit(frame(data, data.X[train_rows], vocab), data.y[train_rows])
+        model.fit(rows_of(data.X, data.images, train_rows), data.y[train_rows])
         fit_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        oof = np.asarray(model.predict(frame(data, data.X[valid_rows], vocab)))
+        oof = np.asarray(model.predict(rows_of(data.X, data.images, valid_rows)))
         predict_seconds = time.perf_counter() - start
-        test = np.asarray(model.predict(frame(data, data.X_test, vocab))) if data.X_test is not None else None
+        test = np.asarray(model.predict(rows_of(data.X_test, data.test_images, None))) if data.X_test is not None else None
     importance = getattr(model, "feature_importance", None)
+    training = model.training_log() if hasattr(model, "training_log") else None
     try:
         fitted: bytes | None = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:  # noqa: BLE001 - some user adapters hold unpicklable handles; size unknown
@@ -68,6 +83,7 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
         score=score(metric, data.task, data.y[valid_rows], oof),
         fit_seconds=fit_seconds, predict_seconds=predict_seconds, model_bytes=model_bytes, fitted=fitted,
         peak_memory_bytes=memory.peak_bytes, importance=importance() if importance else None,
+        training=training, started=started, ended=time.time(),
     )
 
 

@@ -30,7 +30,7 @@ class Inputs:
 def data_config(spec: WorkflowSpec, task: str | None = None) -> DataConfig:
     return DataConfig(train=spec.data.train, test=spec.data.test, target=spec.data.target, id=spec.data.id,
                       groups=spec.data.groups, drop=tuple(spec.features.drop),
-                      categorical=tuple(spec.features.categorical), task=task or spec.task)
+                      categorical=tuple(spec.features.categorical), task=task or spec.task, image=spec.data.image)
 
 
 def validate_inputs(spec: WorkflowSpec) -> Inputs:
@@ -53,6 +53,9 @@ def validate_inputs(spec: WorkflowSpec) -> Inputs:
         problem = _model_param_problem(model.type, model.estimator, model.params)
         if problem:
             raise InputError(f"models.{i}.params ({model.name}): {problem}")
+        problem = image_model_problem(model, spec.data.image, summary.columns)
+        if problem:
+            raise InputError(f"models.{i} ({model.name}): {problem}")
     config = data_config(spec, task)
     problem = _slice_problem(spec.slices, config)
     if problem:
@@ -77,6 +80,21 @@ def _slice_problem(slices: dict[str, str], config: DataConfig) -> str | None:
     return None
 
 
+def image_model_problem(model, image_column: str | None, features: tuple[str, ...]) -> str | None:  # noqa: ANN001
+    """Image models need data.image (and their pipelines must keep the model's input size);
+    other built-in models need a tabular feature besides the image column."""
+    if model.type == "torch_image":
+        if image_column is None:
+            return "type torch_image needs data.image, the column of image paths"
+        from tasks.models.image_params import check_model
+
+        return check_model(model.params, model.augment.model_dump() if model.augment else None, model.tta)
+    if image_column is not None and not features and ":" not in model.type:
+        return (f"type {model.type} learns from tabular columns, and this data has none besides the image column "
+                f"{image_column!r}; use type torch_image")
+    return None
+
+
 def _model_param_problem(kind: str, estimator: str | None, params: dict) -> str | None:
     if kind == "sklearn" and estimator:
         from tasks.models.sklearn_model import check_params
@@ -88,6 +106,10 @@ def _model_param_problem(kind: str, estimator: str | None, params: dict) -> str 
         return check_params(params)
     if kind == "torch_mlp":
         from tasks.models.mlp_params import check_params
+
+        return check_params(params)
+    if kind == "torch_image":
+        from tasks.models.image_params import check_params
 
         return check_params(params)
     return None

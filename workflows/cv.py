@@ -39,6 +39,7 @@ from workflows.check import Inputs, data_warnings, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
 from workflows.failures import describe_failure
+from workflows.fold_runs import log_fold_run
 from workflows.provenance import adapter_version, code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
@@ -85,7 +86,8 @@ def model_config(spec_model: Any) -> ModelConfig:
     return ModelConfig(name=spec_model.name, type=spec_model.type, params=dict(spec_model.params),
                        estimator=spec_model.estimator, preprocess=tuple(spec_model.preprocess),
                        cpus=spec_model.resources.cpus, gpus=spec_model.resources.gpus,
-                       memory=spec_model.resources.memory)
+                       memory=spec_model.resources.memory,
+                       augment=spec_model.augment.model_dump() if spec_model.augment else None, tta=tuple(spec_model.tta))
 
 
 def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
@@ -178,7 +180,7 @@ def node_keys(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], ver
     reservation only changes where a fold runs, so raising it after an OOM refits nothing done.
     """
     data = key_of("data", asdict(inputs.data), source_stamp(inputs.data.train), source_stamp(inputs.data.test),
-                  tasks_version())
+                  tasks_version(), *([inputs.summary.image_stamp] if inputs.summary.image_stamp else []))
     plan = key_of("plan", data, inputs.scheme, spec.cv.folds, spec.cv.seed)
     drops = drops or {}
     folds = {(m.name, k): key_of("fold", plan, _fold_config(m), k, inputs.metric, spec.cv.seed,
@@ -244,6 +246,7 @@ def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, 
 
     def log_fold(r: FoldResult) -> None:
         tracker.log_step(children[r.model], tk.M_FOLD_SCORE, r.score, step=r.fold)
+        log_fold_run(tracker, children[r.model], r)
 
     data, plan, done, phases = _collect(ex, cache, sub, models, keys, log_fold, progress)
     tick = time.perf_counter()

@@ -97,13 +97,17 @@ class RayExecutor:
             except (ConnectionError, ray.exceptions.AuthenticationError) as e:
                 raise ClusterUnreachable(f"--address {address}: {_last_line(e)}") from None
         self.startup_seconds = time.perf_counter() - start
-        self._remote: dict[Callable, Any] = {}
+        self._remote: dict[tuple[Callable, bool], Any] = {}
         self._names: dict[Any, str] = {}
 
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
-        remote = self._remote.get(fn)
+        # A GPU task gets a fresh worker process (Ray's default for @ray.remote(num_gpus=...), lost when
+        # num_gpus is given only in .options()): CUDA binds a process to the devices it first saw, so a
+        # reused worker would train on its previous task's GPU whatever Ray assigned this one.
+        key = (fn, slot.gpus > 0)
+        remote = self._remote.get(key)
         if remote is None:
-            remote = self._remote[fn] = self._ray.remote(fn)
+            remote = self._remote[key] = self._ray.remote(max_calls=1)(fn) if slot.gpus > 0 else self._ray.remote(fn)
         label = name or fn.__name__
         extra = {"memory": slot.memory} if slot.memory else {}
         ref = remote.options(num_cpus=slot.cpus, num_gpus=slot.gpus, max_retries=slot.retries,

@@ -38,6 +38,7 @@ class DataSpec(_Frozen):
     target: str = "target"
     id: str | None = None
     groups: str | None = None
+    image: str | None = None  # column of image paths, relative to the data file (image models)
 
 
 class CVSpec(_Frozen):
@@ -84,6 +85,13 @@ class Resources(_Frozen):
         return v
 
 
+class AugmentSpec(_Frozen):
+    """Albumentations pipelines: a compact list (`- HorizontalFlip: {p: 0.5}`) or albumentations' dict."""
+
+    train: list[Any] | dict[str, Any] | None = None
+    valid: list[Any] | dict[str, Any] | None = None
+
+
 class ModelSpec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     type: str = "sklearn"
@@ -91,6 +99,8 @@ class ModelSpec(_Frozen):
     params: dict[str, Any] = Field(default_factory=dict)
     preprocess: list[str] = Field(default_factory=list)
     resources: Resources = Resources()
+    augment: AugmentSpec | None = None  # image models: albumentations pipelines
+    tta: list[str] = Field(default_factory=list)  # image models: views averaged at predict time
 
     @field_validator("type")
     @classmethod
@@ -115,6 +125,19 @@ class ModelSpec(_Frozen):
             if step not in PREPROCESS_STEPS:
                 raise ValueError(f"unknown preprocess step {step!r} (valid: {', '.join(PREPROCESS_STEPS)})")
         return v
+
+    @model_validator(mode="after")
+    def _image_options(self) -> ModelSpec:
+        if (self.augment is not None or self.tta) and self.type in BUILTIN_MODEL_TYPES and self.type != "torch_image":
+            raise ValueError(f"augment and tta are for image models (type torch_image), not type {self.type}")
+        from tasks.augment import AugmentError, check_augment, check_tta
+
+        try:
+            check_augment(self.augment.model_dump() if self.augment else None, "augment")
+            check_tta(self.tta, "tta")
+        except AugmentError as e:
+            raise ValueError(str(e)) from None
+        return self
 
     @model_validator(mode="after")
     def _estimator_for_sklearn(self) -> ModelSpec:
@@ -279,7 +302,9 @@ def _resolve_paths(spec: WorkflowSpec, base: Path) -> WorkflowSpec:
         return str((base / p).resolve())
 
     data = spec.data.model_copy(update={"train": fix(spec.data.train), "test": fix(spec.data.test)})
-    return spec.model_copy(update={"data": data})
+    models = [m.model_copy(update={"params": {**m.params, "weights": fix(m.params["weights"])}})
+              if m.type == "torch_image" and isinstance(m.params.get("weights"), str) else m for m in spec.models]
+    return spec.model_copy(update={"data": data, "models": models})
 
 
 def _one_line(err: ValidationError) -> str:

@@ -29,6 +29,7 @@ TAG_NOTE = "mlflow.note.content"
 TAG_HOST = "foldwise.host"
 TAG_PID = "foldwise.pid"
 TAG_DATA_WARNINGS = "foldwise.data_warnings"  # how many; the lines are in summary.json
+TAG_FOLD = "foldwise.fold"  # on a fold's nested run (models that train in epochs)
 # metrics
 M_FOLD_SCORE = "fold_score"
 M_CV_SCORE = "cv_score"
@@ -112,6 +113,16 @@ class Tracker:
     def log_step(self, run_id: str, key: str, value: float, step: int) -> None:
         """One stepped metric as soon as it exists (a fold score while the others still run)."""
         self.client.log_metric(run_id, key, float(value), step=step)
+
+    def log_epochs(self, run_id: str, history: Mapping[str, Iterable[float]], first_step: int = 1) -> None:
+        """Per-epoch metrics, step = epoch number (1 first), in batches."""
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+
+        now = get_current_time_millis()
+        metrics = [Metric(k, float(v), now, first_step + i) for k, vs in history.items() for i, v in enumerate(vs)]
+        for i in range(0, len(metrics), _MAX_METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i:i + _MAX_METRICS_PER_BATCH])
 
     def log_artifacts(self, run_id: str, folder: Path) -> None:
         self.client.log_artifacts(run_id, str(folder))

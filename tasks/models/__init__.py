@@ -20,6 +20,7 @@ BUILTIN_MODEL_TYPES: dict[str, str] = {
     "sklearn": "tasks.models.sklearn_model:SklearnModel",
     "lightgbm": "tasks.models.lightgbm_model:LightGBMModel",
     "torch_mlp": "tasks.models.torch_mlp:TorchMLPModel",
+    "torch_image": "tasks.models.torch_image:TorchImageModel",
 }
 
 # Preprocessing steps for numeric columns, fitted inside the fold (sklearn-type models).
@@ -45,6 +46,8 @@ class ModelConfig:
     cpus: float = 1.0
     gpus: float = 0.0
     memory: int | None = None  # bytes reserved per fold (a scheduling hint; never changes a result)
+    augment: dict[str, Any] | None = None  # {"train": ..., "valid": ...} as in the spec (image models)
+    tta: tuple[str, ...] = ()  # test-time views averaged at predict time (image models)
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,25 @@ class FitContext:
     seed: int
     n_threads: int = 1
     gpus: float = 0.0
+    image_column: str | None = None  # the column of X holding image paths (adapters with takes_images)
+
+
+@dataclass(frozen=True)
+class TrainingLog:
+    """What an adapter that trains in epochs reports back through the fold result (optional).
+
+    An adapter offers it with a `training_log()` method; the driver logs `history` as
+    metrics stepped by epoch on the fold's MLflow run and `checkpoint` as its artifact.
+    """
+
+    history: dict[str, list[float]]  # metric -> one value per epoch (epoch 1 first)
+    best_epoch: int | None  # the epoch whose weights predict (1-based)
+    selection: str  # how that epoch was chosen, in words
+    device: str  # where it trained: "cuda:0" or "cpu"
+    visible_devices: str | None  # CUDA_VISIBLE_DEVICES as the task saw it (set by Ray from its GPU ids)
+    notes: tuple[str, ...] = ()  # e.g. the CPU fallback, a checkpoint left out for size
+    checkpoint: bytes | None = None  # torch.save of the selected weights, or None
+    checkpoint_name: str = "best.pt"
 
 
 @runtime_checkable
@@ -87,6 +109,11 @@ def inner_split(y: np.ndarray, task: str, seed: int, fraction: float = 0.1) -> t
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(y))
-    stratify = y if task != "regression" and np.bincount(y.astype(int)).min() >= 2 else None
+    counts = np.bincount(y.astype(int)) if task != "regression" else np.empty(0)
+    n_classes = int((counts > 0).sum())
+    n_stop = int(np.ceil(fraction * len(y)))
+    # stratify when sklearn can: every class twice, and both sides at least one row per class
+    can_stratify = task != "regression" and counts[counts > 0].min() >= 2 and min(n_stop, len(y) - n_stop) >= n_classes
+    stratify = y if can_stratify else None
     fit_idx, stop_idx = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
     return np.sort(fit_idx), np.sort(stop_idx)
