@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -281,6 +283,11 @@ class FoldSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self._n_folds = n_folds
 
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        with warnings.catch_warnings():  # a trial run again after a resume reports its folds again: fine
+            warnings.filterwarnings("ignore", message=".*is already reported")
+            super().on_trial_result(trial_id, result)
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         cut_short = bool(result) and not error and int(result.get(FOLDS_DONE, self._n_folds)) < self._n_folds
         if cut_short and trial_id in self._ot_trials and trial_id not in self._completed_trials:
@@ -358,9 +365,13 @@ def tune_environment() -> Iterator[None]:
     before = {k: os.environ.get(k) for k in wanted}
     for k, v in wanted.items():
         os.environ.setdefault(k, v)
+    tune_log = logging.getLogger("ray.tune.tune")  # "Trials did not complete": the summary says which and why
+    level = tune_log.level
+    tune_log.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
+        tune_log.setLevel(level)
         for k, v in before.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -452,21 +463,23 @@ class SweepBook:
         self.records.append(record)
         self.next_number = max(self.next_number, record.number + 1)
 
-    def number_of(self, trial_id: str) -> int:
+    def number_of(self, trial_id: str, created: int | None) -> int:
+        """The trial's number: the order in which the searcher suggested it (Optuna's trial number)."""
         for r in self.records:
             if r.trial_id == trial_id:
                 return r.number
-        n, self.next_number = self.next_number, self.next_number + 1
+        n = created if created is not None else self.next_number
+        self.next_number = max(self.next_number, n + 1)
         return n
 
     # ---- Tune events
-    def start(self, trial_id: str, params: dict[str, Any], replay: bool) -> None:
+    def start(self, trial_id: str, params: dict[str, Any], replay: bool, created: int | None = None) -> None:
         if replay:
             self.live[trial_id] = TrialRecord(number=-1, trial_id=trial_id, params=params, replaying=True)
             self.progress.update(self)
             return
         attempt = 1 + sum(r.trial_id == trial_id for r in self.records)
-        rec = TrialRecord(number=self.number_of(trial_id), trial_id=trial_id, params=params, attempt=attempt)
+        rec = TrialRecord(number=self.number_of(trial_id, created), trial_id=trial_id, params=params, attempt=attempt)
         self.records.append(rec)
         self.live[trial_id] = rec
         self.writer.submit(self._open_run, rec)
@@ -504,16 +517,14 @@ class SweepBook:
         rec.error = message
         self._end(rec, "failed")
 
-    def experiment_end(self) -> None:
-        """Trials still live when Tune returns were cut by the time budget or by Ctrl-C."""
+    def experiment_end(self, unfinished: bool) -> None:
+        """Tune returned. With trials left to run, the time budget or Ctrl-C ended it; live trials were cut."""
         timed_out = self.deadline is not None and time.time() >= self.deadline
+        self.interrupted = unfinished and not timed_out
         for trial_id in list(self.live):
             rec = self.live.pop(trial_id)
-            if rec.replaying:
-                continue
-            if not timed_out:
-                self.interrupted = True
-            self._end(rec, "stopped" if timed_out else "interrupted")
+            if not rec.replaying:
+                self._end(rec, "stopped" if timed_out else "interrupted")
 
     def _end(self, rec: TrialRecord, state: str) -> None:
         rec.state, rec.ended = state, time.time()
@@ -570,11 +581,10 @@ class SweepProgress:
     def __enter__(self) -> SweepProgress:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import Progress, TextColumn, TimeElapsedColumn
 
-            self._progress = Progress(TextColumn("[bold]trials"), BarColumn(), MofNCompleteColumn(),
-                                      TimeElapsedColumn(), TextColumn("{task.description}"),
-                                      console=Console(stderr=True))
+            self._progress = Progress(TextColumn("[bold]trials {task.completed}/{task.total}"), TimeElapsedColumn(),
+                                      TextColumn("{task.description}"), console=Console(stderr=True))
             self._progress.start()
             self._task = self._progress.add_task("", total=self.total)
         return self
@@ -592,16 +602,16 @@ class SweepProgress:
 def describe(book: SweepBook, metric: str) -> str:
     c = counts(book.outcomes())
     best = best_of(book.outcomes())
-    best_text = f"best {metric} {best.cv_score:.5f} (trial {best.number})" if best else "no trial completed yet"
-    return (f"{c['completed']} completed · {c['pruned']} pruned · {c['failed']} failed · "
-            f"{sum(not r.replaying for r in book.live.values())} running · {best_text}")
+    best_text = f"best {best.cv_score:.5f} (trial {best.number})" if best else "none completed yet"
+    return (f"{c['completed']} completed, {c['pruned']} pruned, {c['failed']} failed, "
+            f"{sum(not r.replaying for r in book.live.values())} running; {best_text}")
 
 
 class TrialsToMlflow(Callback):
     """Tune's trial events -> the sweep's book (MLflow child runs, the live line). Runs on the driver."""
 
-    def __init__(self, book: SweepBook | None, replays: Sequence[str] = ()) -> None:
-        self.book = book
+    def __init__(self, book: SweepBook | None, total: int = 0, replays: Sequence[str] = ()) -> None:
+        self.book, self.total = book, total
         self.replays = set(replays)
 
     def __reduce__(self) -> tuple:
@@ -611,7 +621,8 @@ class TrialsToMlflow(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.book is not None:
-            self.book.start(trial.trial_id, dict(trial.config), replay=trial.trial_id in self.replays)
+            self.book.start(trial.trial_id, dict(trial.config), replay=trial.trial_id in self.replays,
+                            created=creation_index(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if self.book is not None and "fold" in result:
@@ -627,17 +638,39 @@ class TrialsToMlflow(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.book is not None:
-            self.book.experiment_end()
+            unfinished = len(trials) < self.total or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
+            self.book.experiment_end(unfinished)
+
+
+def creation_index(trial: Any) -> int | None:
+    """0, 1, ... in the order Tune created the trials from the searcher's suggestions ("3_lr=0.1" -> 2)."""
+    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
+    return int(head) - 1 if head.isdigit() and int(head) > 0 else None
 
 
 def error_line(trial: Any) -> str:
-    """The user-facing line of a trial's error (the exception's last line, no Ray/Tune wrapping)."""
+    """The user-facing line of a trial's error: the innermost exception, without Ray's or Tune's wrapping."""
+    error: Any = None
     try:
-        error = trial.get_error()
-    except Exception:  # noqa: BLE001 - an unreadable error file still means the trial failed
+        path = trial.pickled_error_file  # written on the driver when the trial failed
+        if path and os.path.exists(path):
+            import ray.cloudpickle as cloudpickle
+
+            with open(path, "rb") as f:
+                error = cloudpickle.load(f)
+        elif trial.error_file and os.path.exists(trial.error_file):
+            error = Path(trial.error_file).read_text()
+        else:
+            error = trial.get_error()
+    except Exception:  # noqa: BLE001 - an unreadable error record still means the trial failed
         error = None
-    text = str(error or "").strip()
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if isinstance(error, BaseException):
+        while getattr(error, "cause", None) is not None and error.cause is not error:
+            error = error.cause
+        lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+        text = lines[-1] if lines else ""
+        return f"{type(error).__name__}: {text}".rstrip(": ")
+    lines = [ln.strip() for ln in str(error or "").splitlines() if ln.strip()]
     for line in reversed(lines):
         if ":" in line and not line.startswith(("File ", "^", "During handling", "The above exception")):
             return line
@@ -663,18 +696,50 @@ def typed_params(raw: dict[str, str], space: tuple[ParamDist, ...]) -> dict[str,
     return out
 
 
+@dataclass(frozen=True)
+class SavedTrial:
+    """One trial as Tune's last saved experiment state has it (what a resume starts from)."""
+
+    trial_id: str
+    status: str  # PENDING | RUNNING | PAUSED | TERMINATED | ERROR
+    config: dict[str, Any]
+    last_result: dict[str, Any]
+    error: str | None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ("TERMINATED", "ERROR")
+
+
+def saved_trials(tune_path: str | Path) -> dict[str, SavedTrial]:
+    """Read Tune's newest experiment state file as plain JSON ({} when Tune saved nothing yet).
+
+    Plain JSON on purpose: no Tune objects are rebuilt and nothing pickled is loaded.
+    """
+    files = sorted(Path(tune_path).glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    out = {}
+    for state_text, meta_text in json.loads(files[-1].read_text())["trial_data"]:
+        state, meta = json.loads(state_text), json.loads(meta_text)
+        error = None
+        if meta.get("error_filename"):
+            path = Path(tune_path, state.get("relative_logdir") or "", meta["error_filename"])
+            lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()] if path.exists() else []
+            error = lines[-1] if lines else "failed"
+        out[state["trial_id"]] = SavedTrial(trial_id=state["trial_id"], status=state["status"],
+                                            config=dict(state.get("config") or {}),
+                                            last_result=dict(meta.get("last_result") or {}), error=error)
+    return out
+
+
 def reconcile(reader: tk.RunReader, tracker: tk.Tracker, state: SweepState, space: tuple[ParamDist, ...],
               n_folds: int) -> tuple[list[TrialRecord], dict[str, Replay]]:
     """Make MLflow agree with the Tune state the resume starts from (see the module docstring).
 
     Returns the trial records to carry on with and the trials to replay instead of training.
     """
-    from ray.tune import ExperimentAnalysis
-
-    try:
-        tune_trials = {t.trial_id: t for t in ExperimentAnalysis(state.tune_path).trials}
-    except Exception:  # noqa: BLE001 - killed before Tune's first saved state: every trial runs again
-        tune_trials = {}
+    tune_trials = saved_trials(state.tune_path)  # {} when killed before Tune's first save: every trial reruns
     runs = [r for r in reader.children(state.parent_run_id) if tk.TAG_TRIAL_ID in r.tags]
     runs.sort(key=lambda r: (int(r.tags.get(tk.TAG_TRIAL, 0)), int(r.tags.get(tk.TAG_ATTEMPT, 1))))
     records: list[TrialRecord] = []
@@ -682,7 +747,7 @@ def reconcile(reader: tk.RunReader, tracker: tk.Tracker, state: SweepState, spac
     for run in runs:
         tid = run.tags[tk.TAG_TRIAL_ID]
         t = tune_trials.get(tid)
-        tune_ended = t is not None and t.status in ("TERMINATED", "ERROR")
+        tune_ended = t is not None and t.ended
         rec = TrialRecord(number=int(run.tags.get(tk.TAG_TRIAL, 0)), trial_id=tid,
                           params=dict(t.config) if t is not None else typed_params(run.params, space),
                           attempt=int(run.tags.get(tk.TAG_ATTEMPT, 1)), run_id=run.run_id,
@@ -705,7 +770,7 @@ def reconcile(reader: tk.RunReader, tracker: tk.Tracker, state: SweepState, spac
                 last = t.last_result or {}
                 rec.fold_scores = {int(k): float(v) for k, v in last.get("fold_scores", [])}
                 if t.status == "ERROR":
-                    rec.state, rec.error = "failed", error_line(t)
+                    rec.state, rec.error = "failed", t.error
                 else:
                     rec.state = "completed" if len(rec.fold_scores) == n_folds else "pruned"
             else:
@@ -794,6 +859,8 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
     import ray
     from ray import tune
 
+    phases: dict[str, float] = {"validate_and_start": time.perf_counter() - wall_start}
+    tick = time.perf_counter()
     version = code_version([plan.model])
     cache = Cache(cache_root, enabled=not no_cache)
     try:
@@ -802,44 +869,48 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
         raise RunFailed(f"{e.task}: {e.error}", None) from None
     n_folds = folds.n_folds
     slots = plan_slots(plan, n_folds, ray.cluster_resources())
+    phases["prepare"] = time.perf_counter() - tick
+    tick = time.perf_counter()
     uri = prior.tracking_uri if prior is not None else tk.resolve_uri(tracking_uri, spec.tracking.uri)
     tracker = tk.Tracker(uri, spec.experiment)
     reader = tk.RunReader(uri)
     tags = {tk.TAG_COMMAND: "sweep", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
-    trial_tags = {**tags, tk.TAG_COMMAND: "sweep-trial", tk.TAG_MODEL: plan.model.name,
-                  tk.TAG_FOLDS_HASH: folds.hash, tk.TAG_DATA: data.fingerprint}
-    replays: dict[str, Replay] = {}
-    adopted: list[TrialRecord] = []
+    facts = {tk.TAG_MODEL: plan.model.name, tk.TAG_FOLDS_HASH: folds.hash, tk.TAG_DATA: data.fingerprint}
     if prior is None:
         tracker.fail_abandoned_runs()
-        parent = tracker.start_run(f"sweep-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}",
-                                   {**tags, tk.TAG_MODEL: plan.model.name, tk.TAG_FOLDS_HASH: folds.hash,
-                                    tk.TAG_DATA: data.fingerprint})
-        out_dir = Path(out) if out else Path("outputs") / spec.name / parent
-        folder = storage_root / spec.name / parent
-        state = SweepState(parent_run_id=parent, spec_name=spec.name, experiment=spec.experiment, tracking_uri=uri,
-                           spec_hash=spec_hash(spec), trials=plan.trials, timeout=plan.timeout,
-                           out_dir=str(out_dir.resolve()), tune_path=str(folder / "tune"), status="running",
-                           started=datetime.now(timezone.utc).isoformat()).save()
-        tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {
-            "task": inputs.task, "metric": inputs.metric, "cv.scheme": inputs.scheme, "sweep.trials": plan.trials,
-            "sweep.concurrency": slots.concurrency, "sweep.parallel_fold_bundles": slots.bundles,
-            "sweep.timeout": plan.timeout, "sweep.storage": state.tune_path})
+        parent = tracker.start_run(f"sweep-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", {**tags, **facts})
     else:
         parent = prior.parent_run_id
-        out_dir = Path(out) if out else Path(prior.out_dir)
-        adopted, replays = reconcile(reader, tracker, prior, plan.space, n_folds)
-        tracker.reopen(parent)
-        state = prior.save(status="running", resumes=prior.resumes + 1)
-        tracker.log(parent, tags={**tk.process_tags(), "foldwise.resumes": str(state.resumes)})
-        tracker.fail_abandoned_runs()
-    writer = MlflowWriter(tracker)
-    deadline = time.time() + plan.timeout if plan.timeout else None
-    status = "failed"
-    ok = False
+    # From here on the parent run exists: whatever happens, it and its trials end (never RUNNING).
+    state, writer, status, ok = prior, None, "failed", False
     try:
+        replays: dict[str, Replay] = {}
+        adopted: list[TrialRecord] = []
+        if prior is None:
+            out_dir = Path(out) if out else Path("outputs") / spec.name / parent
+            folder = storage_root / spec.name / parent
+            state = SweepState(parent_run_id=parent, spec_name=spec.name, experiment=spec.experiment,
+                               tracking_uri=uri, spec_hash=spec_hash(spec), trials=plan.trials, timeout=plan.timeout,
+                               out_dir=str(out_dir.resolve()), tune_path=str(folder / "tune"), status="running",
+                               started=datetime.now(timezone.utc).isoformat()).save()
+            tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {
+                "task": inputs.task, "metric": inputs.metric, "cv.scheme": inputs.scheme,
+                "sweep.trials": plan.trials, "sweep.concurrency": slots.concurrency,
+                "sweep.parallel_fold_bundles": slots.bundles, "sweep.timeout": plan.timeout,
+                "sweep.storage": state.tune_path})
+        else:
+            out_dir = Path(out) if out else Path(prior.out_dir)
+            adopted, replays = reconcile(reader, tracker, prior, plan.space, n_folds)
+            tracker.reopen(parent)
+            state = prior.save(status="running", resumes=prior.resumes + 1)
+            tracker.log(parent, tags={**tk.process_tags(), "foldwise.resumes": str(state.resumes)})
+            tracker.fail_abandoned_runs()
+        writer = MlflowWriter(tracker)
+        deadline = time.time() + plan.timeout if plan.timeout else None
+        phases["tracking_setup"] = time.perf_counter() - tick
+        tick = time.perf_counter()
         with SweepProgress(progress, plan.trials, inputs.metric) as bar:
-            book = SweepBook(writer, parent, n_folds, trial_tags, bar, deadline)
+            book = SweepBook(writer, parent, n_folds, {**tags, **facts, tk.TAG_COMMAND: "sweep-trial"}, bar, deadline)
             for rec in adopted:
                 book.adopt(rec)
             bar.update(book)
@@ -847,13 +918,12 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
                                        seed=spec.cv.seed, n_folds=n_folds, parallel_folds=plan.parallel_folds,
                                        bundles=slots.bundles, replays=replays)
             trainable = tune.with_resources(tune.with_parameters(run_trial, inputs=trial_inputs), slots.resources)
-            callback = TrialsToMlflow(book, replays=list(replays))
-            tune_start = time.perf_counter()
+            callback = TrialsToMlflow(book, total=plan.trials, replays=list(replays))
             with tune_environment():
                 if prior is not None and tune.Tuner.can_restore(state.tune_path):
                     tuner = tune.Tuner.restore(state.tune_path, trainable, resume_unfinished=True,
                                                resume_errored=False, restart_errored=False)
-                    tuner._local_tuner.get_run_config().callbacks = [callback]
+                    tuner._local_tuner.get_run_config().callbacks = [callback]  # the live book, not the pickled one
                 else:
                     tuner = tune.Tuner(
                         trainable,
@@ -866,12 +936,12 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
                                                   verbose=0, callbacks=[callback],
                                                   failure_config=tune.FailureConfig(max_failures=0)))
                 tuner.fit()
-            tune_seconds = time.perf_counter() - tune_start
             writer.flush()
             bar.update(book)
+        phases["tune"] = time.perf_counter() - tick
         if book.interrupted:
             raise KeyboardInterrupt
-        status = "finished"  # Tune is done with it: nothing left to resume, whatever comes next
+        status = "finished"  # Tune is done with it: nothing is left to resume, whatever comes next
         outcomes = book.outcomes()
         best = best_of(outcomes)
         if best is None:
@@ -881,25 +951,28 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
                             + (f"; first error: {first}" if first else "") + ")", parent)
         result = _finish(spec, plan, inputs, folds, data, outcomes, best, tracker, parent, state, out_dir, slots,
                          n_folds, ex, tracking_uri=uri, progress=progress, no_cache=no_cache, cache_root=cache_root,
-                         wall_start=wall_start, tune_seconds=tune_seconds)
+                         wall_start=wall_start, phases=phases)
         ok = True
         return result
     except KeyboardInterrupt:
         status = "interrupted"
-        raise RunFailed(f"interrupted; continue it with: foldwise sweep SPEC --resume {parent}", parent) from None
+        raise RunFailed(f"interrupted (MLflow run {parent} marked KILLED); continue it with: "
+                        f"foldwise sweep SPEC --resume {parent}", None) from None
     except RunFailed:
         raise
     except Exception as e:  # noqa: BLE001 - any other failure still ends the runs
         raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
     finally:
-        try:
-            writer.flush()
-        except RuntimeError:
-            pass
-        writer.close()
+        if writer is not None:
+            try:
+                writer.flush()
+            except RuntimeError:
+                pass
+            writer.close()
         _end_open_trials(tracker, reader, parent)
         tracker.end(parent, "FINISHED" if ok else ("KILLED" if status == "interrupted" else "FAILED"))
-        state.save(status=status)
+        if state is not None:
+            state.save(status=status)
 
 
 def _end_open_trials(tracker: tk.Tracker, reader: tk.RunReader, parent: str) -> None:
@@ -913,8 +986,9 @@ def _end_open_trials(tracker: tk.Tracker, reader: tk.RunReader, parent: str) -> 
 def _finish(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, folds: FoldPlan, data: PreparedData,
             outcomes: list[TrialOutcome], best: TrialOutcome, tracker: tk.Tracker, parent: str, state: SweepState,
             out_dir: Path, slots: Slots, n_folds: int, ex: RayExecutor, *, tracking_uri: str, progress: bool,
-            no_cache: bool, cache_root: str | None, wall_start: float, tune_seconds: float) -> SweepResult:
+            no_cache: bool, cache_root: str | None, wall_start: float, phases: dict[str, float]) -> SweepResult:
     """Plots, the trials table, the optional refit, summary.json; all logged on the parent run."""
+    tick = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     distributions = {d.name: to_optuna(d) for d in plan.space}
     study = study_of(outcomes, distributions)
@@ -923,11 +997,13 @@ def _finish(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, folds: FoldPlan
     trials_csv = out_dir / "trials.csv"
     trials_frame(outcomes, n_folds).to_csv(trials_csv, index=False)
     c = counts(outcomes)
+    phases["plots"] = time.perf_counter() - tick
     refit = None
     if plan.refit:
-        refit = _refit(spec, plan, best, out_dir / "refit", tracking_uri, ex.owns_cluster, progress, no_cache,
-                       cache_root, parent)
+        tick = time.perf_counter()
+        refit = _refit(spec, plan, best, out_dir / "refit", tracking_uri, progress, no_cache, cache_root, parent)
         tracker.log(refit["run_id"], tags={"foldwise.refit_of": parent, "foldwise.best_trial_run": best.run_id or ""})
+        phases["refit"] = time.perf_counter() - tick
     (out_dir / "spec.yaml").write_text(to_yaml(spec))
     summary = {
         "command": "sweep",
@@ -953,8 +1029,8 @@ def _finish(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, folds: FoldPlan
         "resumes": state.resumes,
         "tune_path": state.tune_path,
         "wall_seconds": time.perf_counter() - wall_start,
-        "tune_seconds": tune_seconds,
         "startup_seconds": ex.startup_seconds,
+        "phase_seconds": phases,
         "outputs": {"trials": str(trials_csv), "plots": plots, "plots_skipped": skipped},
     }
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
@@ -979,7 +1055,7 @@ def _artifact_view(out_dir: Path) -> Path:
 
 
 def _refit(spec: WorkflowSpec, plan: SweepPlan, best: TrialOutcome, out_dir: Path, tracking_uri: str,
-           owns_cluster: bool, progress: bool, no_cache: bool, cache_root: str | None, parent: str) -> dict[str, Any]:
+           progress: bool, no_cache: bool, cache_root: str | None, parent: str) -> dict[str, Any]:
     """The best params through the whole `foldwise run` pipeline (OOF, test predictions, submission), as a child run."""
     from workflows.cv import run_cv
 
