@@ -31,8 +31,10 @@ class TrialOutcome:
     params: dict[str, Any]
     state: str  # one of STATES
     fold_scores: dict[int, float] = field(default_factory=dict)  # fold index -> score
-    seconds: float = 0.0
+    seconds: float = 0.0  # from start to end as the driver saw it
     error: str | None = None
+    compute_seconds: float = 0.0  # inside the fold tasks (features, fit, predict, score), summed
+    ended_at: float | None = None  # unix seconds
 
     @property
     def folds_done(self) -> int:
@@ -156,7 +158,8 @@ def trials_frame(outcomes: list[TrialOutcome], n_folds: int) -> pd.DataFrame:
     for o in sorted(outcomes, key=lambda o: (o.number, o.state == "interrupted")):
         row: dict[str, Any] = {"trial": o.number, "trial_id": o.trial_id, "run_id": o.run_id, "state": o.state,
                                "cv_score": o.cv_score, "running_score": o.running_score,
-                               "folds_done": f"{o.folds_done}/{n_folds}", "seconds": round(o.seconds, 3)}
+                               "folds_done": f"{o.folds_done}/{n_folds}", "seconds": round(o.seconds, 3),
+                               "compute_seconds": round(o.compute_seconds, 3)}
         row.update({f"param.{k}": v for k, v in o.params.items()})
         row["error"] = o.error
         rows.append(row)

@@ -48,7 +48,7 @@ from tasks.data import PreparedData, prepare_data
 from tasks.folds import FoldPlan, plan_folds
 from tasks.models import ModelConfig
 from tasks.sweep_report import FINAL_STATES, TrialOutcome, best_of, counts, importances, study_of, trials_frame, write_plots
-from tasks.train import FoldResult, train_fold
+from tasks.train import train_fold
 from workflows import tracking as tk
 from workflows.cache import Cache
 from workflows.check import InputError, Inputs, _model_param_problem, validate_inputs
@@ -209,21 +209,57 @@ class TrialInputs:
     n_folds: int
     parallel_folds: bool
     bundles: int  # fold bundles in the trial's placement group (parallel_folds)
+    report_at: frozenset[int] = frozenset()  # folds done at which to report (where the pruner looks, and the end)
     replays: dict[str, Replay] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class FoldScore:
+    """What a trial keeps of a fold: its score and its cost (not the OOF arrays)."""
+
+    fold: int
+    score: float
+    fit_seconds: float
+    seconds: float  # the whole fold task: features, fit, predict, score
+
+
 def train_fold_for_search(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str,
-                          seed: int) -> FoldResult:
+                          seed: int) -> FoldScore:
     """`train_fold` without test predictions: a trial only needs the held-out score (the refit predicts test)."""
-    return train_fold(replace(data, X_test=None, test_ids=None), plan, config, fold, metric, seed)
+    start = time.perf_counter()
+    r = train_fold(replace(data, X_test=None, test_ids=None), plan, config, fold, metric, seed)
+    return FoldScore(fold=fold, score=r.score, fit_seconds=r.fit_seconds, seconds=time.perf_counter() - start)
 
 
-def _report(fold: int, result_score: float, scores: dict[int, float], fit_seconds: float) -> None:
+def _add(f: FoldScore, done: dict[int, FoldScore], report_at: frozenset[int]) -> None:
+    """Keep a fold; report the running mean when the pruner looks at this many folds (and at the end).
+
+    Every report carries all folds so far, so fewer reports lose nothing; each report is a
+    round trip to Tune's driver, so a trial makes only the ones a pruner can use.
+    """
     from ray import tune
 
-    tune.report({SCORE: float(np.mean(list(scores.values()))), FOLDS_DONE: len(scores), "fold": fold,
-                 "fold_score": result_score, "fit_seconds": fit_seconds,
-                 "fold_scores": [[k, v] for k, v in sorted(scores.items())]})
+    done[f.fold] = f
+    if len(done) not in report_at:
+        return
+    folds = sorted(done)
+    tune.report({SCORE: float(np.mean([done[k].score for k in folds])), FOLDS_DONE: len(done),
+                 "fold_scores": [[k, done[k].score] for k in folds],
+                 "fit_seconds": [[k, done[k].fit_seconds] for k in folds],
+                 "fold_seconds": [[k, done[k].seconds] for k in folds]})
+
+
+def report_points(pruner: str, n_folds: int) -> frozenset[int]:
+    """Folds done at which trials report: ASHA's rungs (1, 2, 4, ...), every fold for the median rule, the end."""
+    if pruner == "median":
+        return frozenset(range(1, n_folds + 1))
+    points = {n_folds}
+    if pruner == "asha":
+        rung = 1
+        while rung < n_folds:
+            points.add(rung)
+            rung *= ASHA_REDUCTION
+    return frozenset(points)
 
 
 def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
@@ -235,19 +271,17 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     if replay is not None:
         if replay.failed is not None:
             raise RuntimeError(f"(replayed) {replay.failed}")
-        scores: dict[int, float] = {}
+        done: dict[int, FoldScore] = {}
+        every = frozenset(range(1, len(replay.fold_scores) + 1))
         for k, s in replay.fold_scores:
-            scores[k] = s
-            _report(k, s, scores, 0.0)
+            _add(FoldScore(fold=k, score=s, fit_seconds=0.0, seconds=0.0), done, every)
         return
     model = replace(inputs.model, params={**inputs.model.params, **config})
-    scores = {}
+    done = {}
     if not inputs.parallel_folds:
         data, plan = ray.get([inputs.data, inputs.plan])
         for k in range(inputs.n_folds):
-            r = train_fold_for_search(data, plan, model, k, inputs.metric, inputs.seed)
-            scores[k] = r.score
-            _report(k, r.score, scores, r.fit_seconds)
+            _add(train_fold_for_search(data, plan, model, k, inputs.metric, inputs.seed), done, inputs.report_at)
         return
     from ray.util.placement_group import get_current_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -264,10 +298,8 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
         pending.append(remote.options(**options).remote(inputs.data, inputs.plan, model, k, inputs.metric, inputs.seed))
     try:
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            r = ray.get(done[0])
-            scores[r.fold] = r.score
-            _report(r.fold, r.score, scores, r.fit_seconds)
+            ready, pending = ray.wait(pending, num_returns=1)
+            _add(ray.get(ready[0]), done, inputs.report_at)
     finally:  # pruned (Tune ends the trial at a report) or failed: drop the folds still running
         for ref in pending:
             ray.cancel(ref)
@@ -284,9 +316,12 @@ class FoldSearch(OptunaSearch):
         self._n_folds = n_folds
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Optuna's intermediate value at step = folds done (trials report only where a pruner looks)."""
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
         with warnings.catch_warnings():  # a trial run again after a resume reports its folds again: fine
             warnings.filterwarnings("ignore", message=".*is already reported")
-            super().on_trial_result(trial_id, result)
+            self._ot_trials[trial_id].report(float(result[self.metric]), int(result[FOLDS_DONE]))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         cut_short = bool(result) and not error and int(result.get(FOLDS_DONE, self._n_folds)) < self._n_folds
@@ -394,6 +429,7 @@ class TrialRecord:
     state: str = "running"
     fold_scores: dict[int, float] = field(default_factory=dict)
     fit_seconds: dict[int, float] = field(default_factory=dict)
+    fold_seconds: dict[int, float] = field(default_factory=dict)
     error: str | None = None
     started: float = field(default_factory=time.time)
     ended: float | None = None
@@ -403,7 +439,8 @@ class TrialRecord:
     def outcome(self) -> TrialOutcome:
         return TrialOutcome(number=self.number, trial_id=self.trial_id, run_id=self.run_id, params=dict(self.params),
                             state=self.state, fold_scores=dict(self.fold_scores),
-                            seconds=(self.ended or time.time()) - self.started, error=self.error)
+                            seconds=(self.ended or time.time()) - self.started, error=self.error,
+                            compute_seconds=sum(self.fold_seconds.values()), ended_at=self.ended)
 
 
 class MlflowWriter:
@@ -489,9 +526,9 @@ class SweepBook:
         rec = self.live.get(trial_id)
         if rec is None or rec.replaying:
             return
-        fold = int(result["fold"])
-        rec.fold_scores[fold] = float(result["fold_score"])
-        rec.fit_seconds[fold] = float(result.get("fit_seconds", 0.0))
+        rec.fold_scores.update({int(k): float(v) for k, v in result["fold_scores"]})
+        rec.fit_seconds.update({int(k): float(v) for k, v in result.get("fit_seconds", [])})
+        rec.fold_seconds.update({int(k): float(v) for k, v in result.get("fold_seconds", [])})
         if result.get("done") and len(rec.fold_scores) < self.n_folds:
             rec.cut_by_pruner = True  # Tune marks a result done when the scheduler stops the trial
         self.progress.update(self)
@@ -625,7 +662,7 @@ class TrialsToMlflow(Callback):
                             created=creation_index(trial))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if self.book is not None and "fold" in result:
+        if self.book is not None and "fold_scores" in result:
             self.book.result(trial.trial_id, result)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -916,7 +953,8 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
             bar.update(book)
             trial_inputs = TrialInputs(data=data_ref, plan=plan_ref, model=plan.model, metric=inputs.metric,
                                        seed=spec.cv.seed, n_folds=n_folds, parallel_folds=plan.parallel_folds,
-                                       bundles=slots.bundles, replays=replays)
+                                       bundles=slots.bundles, report_at=report_points(plan.pruner, n_folds),
+                                       replays=replays)
             trainable = tune.with_resources(tune.with_parameters(run_trial, inputs=trial_inputs), slots.resources)
             callback = TrialsToMlflow(book, total=plan.trials, replays=list(replays))
             with tune_environment():
