@@ -48,7 +48,7 @@ from tasks.data import PreparedData, prepare_data
 from tasks.folds import FoldPlan, plan_folds
 from tasks.models import ModelConfig
 from tasks.sweep_report import FINAL_STATES, TrialOutcome, best_of, counts, importances, study_of, trials_frame, write_plots
-from tasks.train import train_fold
+from tasks.trial import FoldScore, score_fold
 from workflows import tracking as tk
 from workflows.cache import Cache
 from workflows.check import InputError, Inputs, _model_param_problem, validate_inputs
@@ -213,24 +213,6 @@ class TrialInputs:
     replays: dict[str, Replay] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class FoldScore:
-    """What a trial keeps of a fold: its score and its cost (not the OOF arrays)."""
-
-    fold: int
-    score: float
-    fit_seconds: float
-    seconds: float  # the whole fold task: features, fit, predict, score
-
-
-def train_fold_for_search(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str,
-                          seed: int) -> FoldScore:
-    """`train_fold` without test predictions: a trial only needs the held-out score (the refit predicts test)."""
-    start = time.perf_counter()
-    r = train_fold(replace(data, X_test=None, test_ids=None), plan, config, fold, metric, seed)
-    return FoldScore(fold=fold, score=r.score, fit_seconds=r.fit_seconds, seconds=time.perf_counter() - start)
-
-
 def _add(f: FoldScore, done: dict[int, FoldScore], report_at: frozenset[int]) -> None:
     """Keep a fold; report the running mean when the pruner looks at this many folds (and at the end).
 
@@ -281,13 +263,13 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
     if not inputs.parallel_folds:
         data, plan = ray.get([inputs.data, inputs.plan])
         for k in range(inputs.n_folds):
-            _add(train_fold_for_search(data, plan, model, k, inputs.metric, inputs.seed), done, inputs.report_at)
+            _add(score_fold(data, plan, model, k, inputs.metric, inputs.seed), done, inputs.report_at)
         return
     from ray.util.placement_group import get_current_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     pg = get_current_placement_group()
-    remote = ray.remote(train_fold_for_search)
+    remote = ray.remote(score_fold)
     pending = []
     for k in range(inputs.n_folds):
         options: dict[str, Any] = {"num_cpus": model.cpus, "num_gpus": model.gpus, "max_retries": 0,
@@ -919,7 +901,7 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
     else:
         parent = prior.parent_run_id
     # From here on the parent run exists: whatever happens, it and its trials end (never RUNNING).
-    state, writer, status, ok = prior, None, "failed", False
+    state, writer, status, ok, killed = prior, None, "failed", False, False
     try:
         replays: dict[str, Replay] = {}
         adopted: list[TrialRecord] = []
@@ -993,6 +975,10 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
         ok = True
         return result
     except KeyboardInterrupt:
+        killed = True
+        if status == "finished":  # the trials had all ended: only the outputs or the refit were cut
+            raise RunFailed(f"interrupted after every trial ended, before the outputs were complete "
+                            f"(MLflow run {parent} marked KILLED; trials.csv and the trial runs are complete)", None) from None
         status = "interrupted"
         raise RunFailed(f"interrupted (MLflow run {parent} marked KILLED); continue it with: "
                         f"foldwise sweep SPEC --resume {parent}", None) from None
@@ -1008,7 +994,7 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
                 pass
             writer.close()
         _end_open_trials(tracker, reader, parent)
-        tracker.end(parent, "FINISHED" if ok else ("KILLED" if status == "interrupted" else "FAILED"))
+        tracker.end(parent, "FINISHED" if ok else ("KILLED" if killed else "FAILED"))
         if state is not None:
             state.save(status=status)
 
