@@ -193,6 +193,7 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    os.chdir(out)  # MLflow's default artifact root (./mlruns) and foldwise's cache land under --out
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     frame = make_data(args.rows, args.features)
     data = out / "bench.parquet"
