@@ -839,12 +839,15 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
         if trials is not None and trials != prior.trials:
             raise InputError(f"--resume: sweep {prior.parent_run_id} was started with --trials {prior.trials}; "
                              "a resume continues to that total")
+        if timeout is not None and timeout != prior.timeout:
+            raise InputError(f"--resume: sweep {prior.parent_run_id} was started with --timeout {prior.timeout}; "
+                             "a resume keeps it (Tune restores its time budget)")
         uri = tk.resolve_uri(tracking_uri, spec.tracking.uri)
         if tracking_uri and uri != prior.tracking_uri:
             raise InputError(f"--resume: sweep {prior.parent_run_id} is tracked in {prior.tracking_uri}, not {uri}")
         if tk.store_missing(prior.tracking_uri):
             raise InputError(f"--resume: {tk.store_missing(prior.tracking_uri)}")
-        plan = replace(plan, trials=prior.trials, timeout=prior.timeout if timeout is None else timeout)
+        plan = replace(plan, trials=prior.trials, timeout=prior.timeout)
 
     ex = make_executor("ray", address)
     assert isinstance(ex, RayExecutor)
