@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("workflows.check_cmd", "check the data before compute: errors, warnings, leaks, train/test drift (adversarial AUC)"),
     "compare": ("workflows.compare", "write up a model change: RUN_B vs RUN_A per fold, per slice, efficiency"),
     "ui": ("workflows.ui", "the MLflow UI on foldwise's tracking store, on 127.0.0.1"),
+    "sweep": ("workflows.cmd_sweep", "tune a model's hyperparameters: Optuna on Ray Tune, pruned by fold, resumable, every trial in MLflow"),
     "ablate": ("workflows.cmd_ablate", "what each feature group is worth: drop one group at a time, paired per-fold deltas"),
     "cache": ("workflows.cache_cmd", "list the result cache (ls) or remove old entries (prune [--older-than 7d])"),
     "cluster": ("workflows.cluster_cmd", "a desktop cluster: `up` starts a Ray head + MLflow server, `down` stops them, `status`"),

@@ -93,12 +93,13 @@ def model_config(spec_model: Any) -> ModelConfig:
 def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), out: str | Path | None = None,
            tracking_uri: str | None = None, address: str | None = None, executor: str = "ray",
            progress: bool = False, no_cache: bool = False, cache_root: str | None = None,
-           checks: bool = True) -> CVResult:
+           checks: bool = True, parent_run_id: str | None = None, run_name: str | None = None) -> CVResult:
     """The Python API of `foldwise run` (same data as summary.json, plus the OOF frame).
 
     `checks` runs the cheap data checks of `foldwise check` first (no model, no drift):
     their errors stop the run before any task, their warnings go to stderr, summary.json
-    and the MLflow run. Raises SpecError/InputError (nothing started, nothing logged) or RunFailed.
+    and the MLflow run. `parent_run_id` nests the run under another command's MLflow run
+    (a sweep's refit). Raises SpecError/InputError (nothing started, nothing logged) or RunFailed.
     """
     wall_start = time.perf_counter()
     if not isinstance(spec, WorkflowSpec):
@@ -122,7 +123,8 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
     tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "run", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
-    parent = tracker.start_run(f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
+    parent = tracker.start_run(run_name or f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags,
+                               parent_id=parent_run_id)
     children = {m.name: tracker.start_run(m.name, {**tags, tk.TAG_MODEL: m.name}, parent_id=parent) for m in models}
     phases["tracking_setup"] = time.perf_counter() - tick
     ok = False

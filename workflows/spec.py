@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tasks.models import BUILTIN_MODEL_TYPES, PREPROCESS_STEPS, resolve_model_class
 from workflows.units import parse_size
@@ -170,13 +170,35 @@ class EnsembleSpec(_Frozen):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+def _check_search_param(entry: Any) -> Any:
+    """One `search.space` entry; pydantic puts the parameter's name in the error's key path."""
+    from workflows.search_space import parse_param
+
+    parse_param("", entry)
+    return entry
+
+
 class SearchSpec(_Frozen):
-    model: str | None = None
+    model: str | None = None  # None -> the only model (required when there are several)
     trials: int = 20
-    space: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    space: dict[str, Annotated[Any, AfterValidator(_check_search_param)]] = Field(default_factory=dict)
     pruner: Literal["asha", "median", "none"] = "asha"
     parallel_folds: bool = False
     refit: bool = False
+
+    @field_validator("trials")
+    @classmethod
+    def _positive_trials(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1 (got {v})")
+        return v
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("is empty; name at least one parameter, e.g. learning_rate: {loguniform: [0.01, 0.3]}")
+        return v
 
 
 class TrackingSpec(_Frozen):

@@ -39,6 +39,11 @@ M_MODEL_BYTES = "model_bytes"
 M_PEAK_MEMORY = "peak_memory_bytes"  # per fold, when a run records it
 M_WALL_SECONDS = "wall_seconds"
 M_SLICE = "slice"  # slice.<name>.<model>: a spec slice's OOF score, on the run parent
+# sweeps: one child run per trial (the trial's number, Ray Tune's id, how it ended, which attempt)
+TAG_TRIAL = "foldwise.trial"
+TAG_TRIAL_ID = "foldwise.trial_id"
+TAG_TRIAL_STATE = "foldwise.state"  # running | completed | pruned | failed | stopped | interrupted
+TAG_ATTEMPT = "foldwise.attempt"
 # compare: which run B was last compared against (the write-up is B's run description)
 TAG_COMPARED_WITH = "foldwise.compare.against"
 COMPARE_ARTIFACT_DIR = "compare"
@@ -91,8 +96,9 @@ class Tracker:
         return run.info.run_id
 
     def log(self, run_id: str, params: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,
-            tags: Mapping[str, str] | None = None, steps: Mapping[str, Iterable[float]] | None = None) -> None:
-        """Params, summary metrics, tags and stepped metrics (step = index) in few batches."""
+            tags: Mapping[str, str] | None = None,
+            steps: Mapping[str, Iterable[float] | Mapping[int, float]] | None = None) -> None:
+        """Params, summary metrics, tags and stepped metrics (step = index, or {step: value}) in few batches."""
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.utils.time import get_current_time_millis
 
@@ -100,7 +106,8 @@ class Tracker:
         param_list = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in (params or {}).items()]
         metric_list = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()]
         for key, values in (steps or {}).items():
-            metric_list += [Metric(key, float(v), now, i) for i, v in enumerate(values)]
+            pairs = values.items() if isinstance(values, Mapping) else enumerate(values)  # {step: value} or a list
+            metric_list += [Metric(key, float(v), now, int(i)) for i, v in pairs]
         tag_list = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
         for i in range(0, max(len(param_list), 1), _MAX_PARAMS_PER_BATCH):
             chunk = param_list[i:i + _MAX_PARAMS_PER_BATCH]
@@ -129,6 +136,14 @@ class Tracker:
 
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def end(self, run_id: str, status: str) -> None:
+        """End a run as FINISHED, FAILED or KILLED (a trial cut short by an interrupted driver)."""
+        self.client.set_terminated(run_id, status)
+
+    def reopen(self, run_id: str) -> None:
+        """Mark an ended run RUNNING again: a resumed sweep continues its own parent run."""
+        self.client.update_run(run_id, status="RUNNING")
 
     def run_status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
@@ -303,8 +318,13 @@ class RunReader:
 
     def history(self, run_id: str, key: str) -> list[float]:
         """A stepped metric's values in step order (last value per step)."""
-        by_step = {m.step: m.value for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
+        by_step = self.steps(run_id, key)
         return [by_step[s] for s in sorted(by_step)]
+
+    def steps(self, run_id: str, key: str) -> dict[int, float]:
+        """A stepped metric as {step: value} (last value per step): steps may have gaps."""
+        return {int(m.step): float(m.value)
+                for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.timestamp)}
 
     def artifact_names(self, run_id: str) -> set[str]:
         return {a.path for a in self.client.list_artifacts(run_id)}
