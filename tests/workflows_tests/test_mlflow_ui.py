@@ -30,6 +30,7 @@ SPEC = {
                 "params": {"C": 1.0, "max_iter": 2000}, "preprocess": ["standard_scaler"]}],
     "slices": {"large": "`mean radius` > 15"},
 }
+SEARCH = {"model": "logreg", "trials": 3, "pruner": "none", "space": {"C": {"loguniform": [0.01, 10.0]}}}
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "outputs" / "ui-test"
 
 
@@ -76,13 +77,22 @@ def two_runs_compared(ray_cluster, mlflow_server, tmp_path_factory) -> dict[str,
     from workflows.compare import compare
     from workflows.cv import run_cv
     from workflows.spec import load_spec
+    from workflows.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("ui-runs")
     a = run_cv(load_spec(SPEC), out=out / "a", tracking_uri=mlflow_server).run_id
     b = run_cv(load_spec(SPEC, ["models.0.params.C=0.05"]), out=out / "b", tracking_uri=mlflow_server).run_id
     compare(a, b, tracking_uri=mlflow_server, out=out / "compare", n_boot=50)
-    exp = MlflowClient(mlflow_server).get_experiment_by_name("ui-test").experiment_id
-    return {"url": mlflow_server, "a": a, "b": b, "experiment": exp}
+    # a small sweep beside them: its trial runs must show their sampled params in the UI
+    sweep = run_sweep(load_spec(SPEC | {"name": "ui-sweep", "search": SEARCH}), concurrency=2, out=out / "sweep",
+                      tracking_uri=mlflow_server, storage=str(out / "sweep-state"))
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("ui-test").experiment_id
+    sweep_exp = client.get_experiment_by_name("ui-sweep").experiment_id
+    trials = {r.info.run_id: r.data.params["C"] for r in client.search_runs(
+        [sweep_exp], f"tags.mlflow.parentRunId = '{sweep.summary['run_id']}' and tags.`foldwise.trial_id` != ''")}
+    return {"url": mlflow_server, "a": a, "b": b, "experiment": exp, "sweep_experiment": sweep_exp,
+            "sweep": sweep.summary["run_id"], "trials": trials}
 
 
 def test_runs_params_and_writeup_in_the_browser(two_runs_compared) -> None:
@@ -120,6 +130,17 @@ def test_runs_params_and_writeup_in_the_browser(two_runs_compared) -> None:
                 assert needle in body, needle
             page.get_by_text("Conclusion").first.scroll_into_view_if_needed()
             page.screenshot(path=str(SCREENSHOTS / "run_b_description.png"), full_page=True)
+            # the sweep's trial runs, each with the C it sampled
+            trials = two_runs_compared["trials"]
+            assert len(trials) == 3
+            page.goto(f"{url}/#/experiments/{two_runs_compared['sweep_experiment']}/runs")
+            page.locator(f'a[href*="{two_runs_compared["sweep"]}"]').first.wait_for()
+            page.screenshot(path=str(SCREENSHOTS / "sweep_runs.png"))
+            for run_id, value in trials.items():
+                page.goto(f"{url}/#/experiments/{two_runs_compared['sweep_experiment']}/runs/{run_id}")
+                page.get_by_placeholder("Search parameters").fill("C")
+                row = page.get_by_role("row").filter(has_text=value)
+                row.first.wait_for()
         finally:
             browser.close()
     assert (SCREENSHOTS / "run_b_description.png").stat().st_size > 10_000
