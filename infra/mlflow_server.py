@@ -67,6 +67,16 @@ class ServerConfig:
         return f"http://{host}:{self.port}"
 
 
+def postgres_driver(scheme: str) -> str:
+    """The module SQLAlchemy will import for this URI scheme (plain postgresql:// is psycopg2 before
+    SQLAlchemy 2.1 and psycopg 3 from 2.1 on, so ask SQLAlchemy rather than assume)."""
+    if "+" in scheme:
+        return scheme.split("+", 1)[1]
+    from sqlalchemy.dialects import registry
+
+    return registry.load("postgresql").driver
+
+
 def validate(config: ServerConfig) -> None:
     """Catch what `mlflow server` would only report with a traceback (or not at all)."""
     scheme = config.backend.split("://", 1)[0] if "://" in config.backend else ""
@@ -74,12 +84,14 @@ def validate(config: ServerConfig) -> None:
         raise ServerConfigError(f"--backend-store-uri {config.backend!r}: use sqlite:///PATH or "
                                 "postgresql://USER:PASSWORD@HOST:PORT/DB")
     if scheme.startswith("postgresql"):
-        driver = {"postgresql+pg8000": "pg8000", "postgresql+psycopg": "psycopg"}.get(scheme, "psycopg2")
+        driver = postgres_driver(scheme)
         try:
             __import__(driver)
         except ImportError:
-            raise ServerConfigError(f"--backend-store-uri is PostgreSQL but the {driver} driver is not installed "
-                                    f"(pip install {'psycopg2-binary' if driver == 'psycopg2' else driver})") from None
+            package = {"psycopg2": "psycopg2-binary", "psycopg": "'psycopg[binary]'"}.get(driver, driver)
+            raise ServerConfigError(f"--backend-store-uri is PostgreSQL ({scheme}://) but its driver {driver} is not "
+                                    f"installed (pip install {package}, or name the driver you have: "
+                                    "postgresql+psycopg2://, postgresql+psycopg://, postgresql+pg8000://)") from None
     if scheme == "sqlite":
         db = Path(config.backend.removeprefix("sqlite:///"))
         if not db.parent.exists() and db.parent != config.data_dir.resolve():  # the data dir is created

@@ -118,6 +118,10 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     drops = {node: v.columns for node, (v, _) in nodes.items() if v.columns}
     version = code_version(base)
     keys = node_keys(spec, inputs, fit_models, version, drops)
+    uri = tk.resolve_uri(tracking_uri, spec.tracking.uri)
+    problem = tk.server_unreachable(uri)
+    if problem:
+        raise InputError(problem)
     phases = {"validate": time.perf_counter() - wall_start}
     ex = CountingExecutor(LazyExecutor(executor, address))
     cache = Cache(cache_root, enabled=not no_cache)
@@ -126,7 +130,7 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     except TaskFailed as e:
         ex.close()
         raise RunFailed(describe_failure(e, spec), None) from None
-    tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
+    tracker = tk.Tracker(uri, spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "ablate", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
     parent = tracker.start_run(f"ablate-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)

@@ -143,10 +143,14 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
     findings = data_findings(spec, inputs, reference)
     if findings.errors:
         raise InputError(findings.first_error_line())
+    uri = tk.resolve_uri(tracking_uri, spec.tracking.uri)
+    problem = tk.server_unreachable(uri)
+    if problem:
+        raise InputError(problem)
     n_folds = folds or spec.cv.folds
     ex = LazyExecutor(executor, address)
     handles = _submit(ex, spec, inputs, reference, n_folds, max_rows)  # runs while MLflow is set up below
-    tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
+    tracker = tk.Tracker(uri, spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "check", tk.TAG_GIT: git_commit(), tk.TAG_CODE: code_version()} | tk.process_tags()
     parent = tracker.start_run(f"check-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)

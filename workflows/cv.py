@@ -35,7 +35,7 @@ from tasks.slices import feature_frame, slice_scores
 from tasks.train import FoldResult, train_fold
 from workflows import storage
 from workflows import tracking as tk
-from workflows.check import Inputs, data_warnings, validate_inputs
+from workflows.check import InputError, Inputs, data_warnings, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
 from workflows.failures import describe_failure
@@ -108,6 +108,10 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
     models = [model_config(m) for m in spec.models]
     version = code_version(models)
     keys = node_keys(spec, inputs, models, version)
+    uri = tk.resolve_uri(tracking_uri, spec.tracking.uri)
+    problem = tk.server_unreachable(uri)
+    if problem:
+        raise InputError(problem)
     cache = Cache(cache_root, enabled=not no_cache)
     warnings = _data_warnings(cache, spec, inputs, keys) if checks else []
     for line in warnings:
@@ -120,7 +124,7 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
         ex.close()
         raise RunFailed(describe_failure(e, spec), None) from None
     tick = time.perf_counter()
-    tracker = tk.Tracker(tk.resolve_uri(tracking_uri, spec.tracking.uri), spec.experiment)
+    tracker = tk.Tracker(uri, spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "run", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
     parent = tracker.start_run(run_name or f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags,

@@ -849,6 +849,10 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
         if tk.store_missing(prior.tracking_uri):
             raise InputError(f"--resume: {tk.store_missing(prior.tracking_uri)}")
         plan = replace(plan, trials=prior.trials, timeout=prior.timeout)
+    else:
+        problem = tk.server_unreachable(tk.resolve_uri(tracking_uri, spec.tracking.uri))
+        if problem:
+            raise InputError(problem)
 
     ex = make_executor("ray", address)
     assert isinstance(ex, RayExecutor)

@@ -236,8 +236,31 @@ class RunRecord:
         return self.tags.get(TAG_PARENT)
 
 
+def server_unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an http(s) tracking server cannot be used (nothing answers), else None; checked before
+    any compute starts, because MLflow's client would retry for minutes and end in a traceback.
+    Any HTTP answer (401 from a basic-auth server included) means a server is there."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        return (f"tracking URI {uri}: no MLflow server answers there ({getattr(reason, 'strerror', None) or reason}); "
+                "start one (`foldwise cluster up`, `python -m infra.mlflow_server`) or use sqlite:///mlflow.db")
+    return None
+
+
 def store_missing(uri: str) -> str | None:
-    """Why a local store cannot be read (a missing sqlite file would be created empty), else None."""
+    """Why a store cannot be read (a missing sqlite file would be created empty; a server that
+    does not answer), else None."""
+    if uri.startswith(("http://", "https://")):
+        return server_unreachable(uri)
     if uri.startswith("sqlite:///"):
         path = Path(uri.removeprefix("sqlite:///"))
         if not path.is_absolute():

@@ -33,14 +33,18 @@ def test_bad_locations_are_one_line_and_exit_2(tmp_path, args, message):
     assert not (tmp_path / "d").exists()  # nothing written
 
 
-def test_postgres_needs_its_driver(tmp_path):
-    try:
-        import psycopg2  # noqa: F401
-        pytest.skip("psycopg2 is installed: the missing-driver message cannot be shown")
-    except ImportError:
-        pass
-    done = launcher("--data-dir", str(tmp_path), "--backend-store-uri", "postgresql://u:p@127.0.0.1:1/mlflow", timeout=60)
-    assert done.returncode == 2 and "pip install psycopg2-binary" in done.stderr
+@pytest.mark.parametrize("scheme", ["postgresql", "postgresql+pg8000"])
+def test_postgres_needs_its_driver(tmp_path, scheme):
+    """The driver SQLAlchemy would load for the scheme (plain postgresql:// is psycopg from SQLAlchemy 2.1)."""
+    import importlib.util
+
+    from infra.mlflow_server import postgres_driver
+
+    driver = postgres_driver(scheme)
+    if importlib.util.find_spec(driver) is not None:
+        pytest.skip(f"{driver} is installed: the missing-driver message cannot be shown")
+    done = launcher("--data-dir", str(tmp_path), "--backend-store-uri", f"{scheme}://u:p@127.0.0.1:1/mlflow", timeout=60)
+    assert done.returncode == 2 and f"its driver {driver} is not installed (pip install" in done.stderr
 
 
 def test_basic_auth_server_on_localhost(tmp_path):

@@ -137,3 +137,23 @@ def test_an_address_where_nothing_listens_exits_2_in_seconds(data_dir: Path, tmp
     assert err == (f"foldwise: error: --address 127.0.0.1:{port}: nothing answers there (Connection refused); start a "
                    "cluster (`foldwise cluster up`, `ray start --head`) or leave --address out to run on a local Ray")
     assert not db.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("command", ["run", "ablate", "check", "sweep"])
+def test_a_tracking_server_that_does_not_answer_exits_2_before_any_compute(command: str, data_dir: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = spec_file(data_dir, f"server_{command}", features={"groups": {"a": ["a"]}},
+                     search={"model": "lr", "trials": 2, "space": {"C": {"loguniform": [0.1, 1.0]}}})
+    out = tmp_path / "out"
+    start = time.monotonic()
+    code = main([command, str(spec), "--tracking-uri", f"http://127.0.0.1:{port}", "--out", str(out), "--no-cache"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and time.monotonic() - start < 30
+    assert err.startswith(f"foldwise: error: tracking URI http://127.0.0.1:{port}: no MLflow server answers there")
+    assert not out.exists()
