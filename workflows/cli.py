@@ -48,11 +48,16 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
                    help="cache root (default $FOLDWISE_CACHE or .foldwise/cache)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="foldwise", description=__doc__.splitlines()[0])
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; with `only`, just that command's module is imported (the others keep
+    their one-line help), so `foldwise --help` and each command start without the rest's imports."""
+    parser = argparse.ArgumentParser(prog="foldwise", description="Kaggle-grade cross-validation pipelines on Ray, "
+                                     "tracked in MLflow: `foldwise COMMAND --help` for a command's flags.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
-        importlib.import_module(module).add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if only is None or name == only:
+            importlib.import_module(module).add_arguments(command)
     return parser
 
 
@@ -72,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     # finds the user's own code (Ray workers get the driver's working directory too).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    first = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(only=first if first in COMMANDS else "").parse_args(argv)
     try:
         return importlib.import_module(COMMANDS[args.command][0]).command(args)
     except KeyboardInterrupt:

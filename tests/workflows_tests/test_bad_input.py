@@ -157,3 +157,15 @@ def test_a_tracking_server_that_does_not_answer_exits_2_before_any_compute(comma
     assert code == 2 and time.monotonic() - start < 30
     assert err.startswith(f"foldwise: error: tracking URI http://127.0.0.1:{port}: no MLflow server answers there")
     assert not out.exists()
+
+
+def test_help_imports_no_command_module() -> None:
+    """`foldwise --help` lists every command from the routing table alone (it used to import pandas,
+    sklearn and every workflow: seconds before the first line)."""
+    code = ("import sys; from workflows.cli import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            "loaded = sorted(m for m in sys.modules if m.startswith(('workflows.', 'tasks', 'pandas', 'sklearn', 'ray')))\n"
+            "print(loaded)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "check" in out and "sweep" in out and "submit" in out  # the command list was printed
+    assert out.strip().splitlines()[-1] == "['workflows.cli']"
