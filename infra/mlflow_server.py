@@ -105,7 +105,7 @@ def validate(config: ServerConfig) -> None:
             import boto3  # noqa: F401 - MLflow's S3 artifact repository needs it
         except ImportError:
             raise ServerConfigError("--artifacts-destination is s3:// but boto3 is not installed "
-                                    "(pip install boto3, or pip install 'foldwise[cloud]')") from None
+                                    "(pip install boto3, or pip install 'foldwise[cluster]')") from None
     if config.basic_auth:
         try:
             import flask_wtf  # noqa: F401 - MLflow's basic-auth app needs it

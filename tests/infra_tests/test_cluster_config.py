@@ -82,7 +82,7 @@ def test_token_auth_on_every_node(aws):
 
 def test_setup_installs_the_project_like_readme(aws):
     setup = " && ".join(aws["setup_commands"])
-    assert "python3 -m venv .venv" in setup and ". .venv/bin/activate" in setup and "pip install -q -e '.[cluster]'" in setup
+    assert "python3 -m venv .venv" in setup and ". .venv/bin/activate" in setup and "pip install -q -c constraints-dev.txt -e '.[cluster]'" in setup
     import ray
 
     assert f"ray[default]=={ray.__version__}" in setup  # the cluster runs the client's Ray version
