@@ -182,18 +182,47 @@ def constant_columns(frame: pd.DataFrame, columns: list[str]) -> list[Finding]:
     out = []
     n = len(frame)
     for col in columns:
-        counts = frame[col].value_counts(dropna=False)
-        if len(counts) == 0:
+        top, top_count, distinct = _top_value(frame[col])
+        if distinct == 0:
             continue
-        top = counts.index[0]
         top_text = "missing" if pd.isna(top) else repr(top.item() if hasattr(top, "item") else top)
-        if len(counts) == 1:
+        if distinct == 1:
             out.append(Finding("warning", "constant", col, f"column {col!r} is constant (every row is {top_text}): "
                                "it carries no information; drop it (features.drop)"))
-        elif counts.iloc[0] >= NEAR_CONSTANT_SHARE * n:
+        elif top_count >= NEAR_CONSTANT_SHARE * n:
             out.append(Finding("warning", "near_constant", col, f"column {col!r} is near-constant: "
-                               f"{counts.iloc[0] / n:.1%} of rows are {top_text}"))
+                               f"{top_count / n:.1%} of rows are {top_text}"))
     return out
+
+
+def _top_value(s: pd.Series) -> tuple[object, int, int]:
+    """(most frequent value, its count, 1 or 2 meaning "one distinct value" or "more"), missing as a value.
+
+    Numbers take an O(n) path with no hash table: a value in more than half the rows is
+    the median element, so counting that one candidate (and the missing values) decides
+    both questions exactly. Other dtypes, and columns with no majority value, count all.
+    """
+    n = len(s)
+    if n == 0:
+        return None, 0, 0
+    if pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype):
+        x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        missing = np.isnan(x)
+        n_missing = int(missing.sum())
+        if n_missing == n:
+            return np.nan, n, 1
+        values = x[~missing]
+        candidate = np.partition(values, len(values) // 2)[len(values) // 2]
+        count = int((values == candidate).sum())
+        if n_missing * 2 > n:
+            return np.nan, n_missing, 2
+        if count * 2 > n:
+            top = s[~missing].iloc[int(np.argmax(values == candidate))]
+            return top, count, 1 if count == n else 2
+        # no value holds a majority: far from near-constant, so the exact top is not needed
+        return None, max(count, n_missing), 2
+    counts = s.value_counts(dropna=False)
+    return counts.index[0], int(counts.iloc[0]), min(len(counts), 2)
 
 
 def duplicated_columns(frame: pd.DataFrame, columns: list[str]) -> list[Finding]:

@@ -34,7 +34,6 @@ from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
 from tasks.data import PreparedData
-from tasks.metrics import ovr_auc, rank_auc
 
 PSI_BINS = 10
 PSI_EPS = 1e-4  # floor on a bin's share, so an empty bin gives a large but finite PSI
@@ -380,14 +379,14 @@ def id_like_columns(frame: pd.DataFrame, min_unique_share: float = 0.95) -> tupl
         return ()
     for col in frame.columns:
         s = frame[col]
-        if s.nunique(dropna=True) < min_unique_share * n:
-            continue
-        if _is_numeric(s) and not pd.api.types.is_bool_dtype(s):
+        if _is_numeric(s):  # the integer test first: it is cheap and rules out measurements before any hashing
+            if pd.api.types.is_bool_dtype(s):
+                continue
             x = s.to_numpy(dtype=np.float64, na_value=np.nan)
             x = x[np.isfinite(x)]
-            if len(x) and np.all(np.mod(x, 1) == 0):
-                out.append(str(col))
-        elif not _is_numeric(s) and not pd.api.types.is_datetime64_any_dtype(s):
+            if not (len(x) and np.all(np.mod(x, 1) == 0)):
+                continue
+        if s.nunique(dropna=True) >= min_unique_share * n:
             out.append(str(col))
     return tuple(out)
 
@@ -432,13 +431,36 @@ def _binned_cv_score(x: np.ndarray, categorical: bool, y: np.ndarray, task: str,
             pred = ((sums + prior) / (cnt + 1))[b_va]
             scores.append(r2_score(y[va], pred) if np.var(y[va]) > 0 else np.nan)
             continue
-        counts = np.zeros((n_bins, n_classes))
-        np.add.at(counts, (b_tr, y[tr].astype(np.int64)), 1.0)
-        prior = np.bincount(y[tr].astype(np.int64), minlength=n_classes) / len(tr)
-        proba = ((counts + prior) / (counts.sum(axis=1, keepdims=True) + 1))[b_va]
-        # NaN when a class is absent from this held-out fold
-        scores.append(rank_auc(y[va], proba[:, 1]) if task == "binary" else ovr_auc(y[va], proba))
+        counts = _bin_class_counts(b_tr, y[tr], n_bins, n_classes)
+        prior = counts.sum(axis=0) / len(tr)
+        bin_proba = (counts + prior) / (counts.sum(axis=1, keepdims=True) + 1)
+        # every held-out row of a bin gets that bin's prediction, so the AUC follows from per-bin
+        # class counts (NaN when a class is absent from this held-out fold)
+        held = _bin_class_counts(b_va, y[va], n_bins, n_classes)
+        classes = [1] if task == "binary" else range(n_classes)
+        scores.append(float(np.mean([_bins_auc(held[:, k], held.sum(axis=1) - held[:, k], bin_proba[:, k])
+                                     for k in classes])))
     return float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
+
+
+def _bin_class_counts(bins: np.ndarray, y: np.ndarray, n_bins: int, n_classes: int) -> np.ndarray:
+    """(n_bins, n_classes) row counts."""
+    flat = np.bincount(bins * n_classes + y.astype(np.int64), minlength=n_bins * n_classes)
+    return flat.reshape(n_bins, n_classes).astype(np.float64)
+
+
+def _bins_auc(pos: np.ndarray, neg: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC when every row of a bin has its bin's score: the Mann-Whitney statistic from
+    per-bin positive/negative counts (bins with equal scores tie, counted one half), equal to
+    rank_auc on the rows, in O(bins) instead of a sort of the rows."""
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    levels, group = np.unique(score, return_inverse=True)
+    g_pos = np.bincount(group, weights=pos, minlength=len(levels))
+    g_neg = np.bincount(group, weights=neg, minlength=len(levels))
+    neg_below = np.cumsum(g_neg) - g_neg
+    return float((g_pos * (neg_below + 0.5 * g_neg)).sum() / (n_pos * n_neg))
 
 
 def _bin(x: np.ndarray, tr: np.ndarray, va: np.ndarray, categorical: bool, bins: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -241,3 +241,36 @@ def test_closed_form_aucs_equal_sklearn() -> None:
     proba = rng.dirichlet(np.ones(3), size=300)
     assert ovr_auc(y3, proba) == pytest.approx(roc_auc_score(y3, proba, multi_class="ovr"), abs=1e-12)
     assert np.isnan(rank_auc(np.zeros(5), np.arange(5.0)))
+
+
+def test_binned_auc_from_bin_counts_equals_rank_auc_on_the_rows() -> None:
+    """The column scan scores bins from per-bin class counts; that must be the AUC of the rows."""
+    from tasks.drift import _bins_auc
+    from tasks.metrics import rank_auc
+
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        bins = rng.integers(0, 12, 500)
+        y = (rng.uniform(size=500) < 0.2 + 0.05 * bins).astype(int)
+        score = np.round(rng.uniform(size=12), 1)  # rounded: some bins tie
+        pos = np.bincount(bins, weights=y, minlength=12)
+        neg = np.bincount(bins, minlength=12) - pos
+        assert _bins_auc(pos, neg, score) == pytest.approx(rank_auc(y, score[bins]), abs=1e-12)
+    assert np.isnan(_bins_auc(np.zeros(3), np.ones(3), np.arange(3.0)))
+
+
+@pytest.mark.parametrize("values", [
+    [1.0] * 995 + [2.0] * 5, [1.0] * 985 + [2.0] * 15, [np.nan] * 995 + [3.0] * 5, [7] * 1000, [np.nan] * 1000,
+    [0] * 500 + [1] * 500, [0.5] * 990 + [np.nan] * 10, list(np.arange(1000.0)), ["a"] * 999 + ["b"],
+])
+def test_near_constant_by_the_median_path_agrees_with_value_counts(values) -> None:
+    from tasks.checks import NEAR_CONSTANT_SHARE, constant_columns
+
+    frame = pd.DataFrame({"c": values})
+    counts = frame["c"].value_counts(dropna=False)
+    expected = ("constant" if len(counts) == 1 else
+                "near_constant" if counts.iloc[0] >= NEAR_CONSTANT_SHARE * len(frame) else None)
+    found = constant_columns(frame, ["c"])
+    assert [f.code for f in found] == ([expected] if expected else [])
+    if expected == "near_constant":
+        assert f"{counts.iloc[0] / len(frame):.1%}" in found[0].message
