@@ -16,8 +16,10 @@ Prints a markdown table; paste it into benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -79,6 +81,39 @@ def write_spec(path: Path, data: Path, folds: int, model: dict, name: str) -> Pa
     return path
 
 
+JOBLIB_SCRIPT = """
+import json, sys, time
+import lightgbm as lgb, pandas as pd
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+start = time.perf_counter()
+frame = pd.read_parquet(sys.argv[1])
+X, y = frame.drop(columns=["target"]).to_numpy(), frame["target"].to_numpy()
+cv = StratifiedKFold(int(sys.argv[2]), shuffle=True, random_state=0)
+cross_val_predict(lgb.LGBMClassifier(**json.loads(sys.argv[3]), n_jobs=1, random_state=0), X, y, cv=cv, n_jobs=2,
+                  method="predict_proba")
+print(time.perf_counter() - start)
+"""
+
+FOLDWISE_SCRIPT = """
+import json, os, sys
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+from workflows.cv import run_cv
+s = run_cv(sys.argv[1], out=sys.argv[2], tracking_uri=sys.argv[3], no_cache=True,
+           cache_root=os.path.join(os.path.dirname(sys.argv[2]), "cache")).summary
+print(json.dumps(s))
+"""
+
+
+def _fresh_process(script: str, *argv: str) -> str:
+    """Run `script` in a new Python (as a user's own run would be); its last stdout line."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    return done.stdout.strip().splitlines()[-1]
+
+
 def run_foldwise(spec: Path, out: Path, uri: str) -> dict:
     from workflows.cv import run_cv
 
@@ -92,6 +127,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--features", type=int, default=40)
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3, help="joblib / foldwise pairs, alternated; medians reported")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = ap.parse_args()
     out = args.out.resolve()
@@ -116,7 +152,7 @@ def main() -> None:
     dummy = {"name": "dummy", "type": "sklearn", "estimator": "sklearn.dummy.DummyClassifier", "resources": {"cpus": 1}}
 
     import lightgbm as lgb
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
 
     cv = StratifiedKFold(args.folds, shuffle=True, random_state=0)
     results: dict[str, float] = {}
@@ -128,23 +164,32 @@ def main() -> None:
         model.predict_proba(X[valid])
     results["sequential"] = time.perf_counter() - start
 
-    # --- joblib: cross_val_predict(n_jobs=2)
+    # --- joblib vs foldwise, each in a fresh process as a user runs them (a script; `foldwise run`),
+    # alternated `--repeats` times (this machine's speed drifts between minutes; alternating exposes
+    # both to the same drift); medians reported. joblib: data read + cross_val_predict, imports
+    # excluded. foldwise: summary wall_seconds - startup_seconds (Ray start-up excluded; data read,
+    # checks, importing MLflow, tracking and outputs included).
+    joblib_walls, fw_walls, fw_runs = [], [], []
+    fw_spec = write_spec(out / "lgbm.yaml", data_path, args.folds, lgbm, "bench-lgbm")
+    for r in range(args.repeats):
+        joblib_walls.append(float(_fresh_process(JOBLIB_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS))))
+        summary = json.loads(_fresh_process(FOLDWISE_SCRIPT, str(fw_spec), str(out / f"run-lgbm-{r}"), uri))
+        fw_runs.append(summary)
+        fw_walls.append(summary["wall_seconds"] - summary["startup_seconds"])
+    results["joblib"] = statistics.median(joblib_walls)
+    fw_wall = statistics.median(fw_walls)
+    s = fw_runs[fw_walls.index(sorted(fw_walls)[(len(fw_walls) - 1) // 2])]  # the median run's phases
+    fw_compute = sum(s["models"]["lgbm"]["fit_seconds"]) + sum(s["models"]["lgbm"]["predict_seconds"])
+    ratios = [f / j for f, j in zip(fw_walls, joblib_walls, strict=True)]
     with PeakPSS() as mem_joblib:
-        start = time.perf_counter()
-        cross_val_predict(lgb.LGBMClassifier(**LGBM_PARAMS, n_jobs=1, random_state=0), X, y, cv=cv, n_jobs=2,
-                          method="predict_proba")
-        results["joblib"] = time.perf_counter() - start
+        _fresh_process(JOBLIB_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS))
 
-    # --- foldwise on a 2-CPU local Ray (start-up measured by run_cv: first call starts Ray)
+    # --- in this process from here on: a 2-CPU local Ray for the overhead and memory figures
     import ray
 
-    start = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    ray_startup = time.perf_counter() - start
     with PeakPSS() as mem_fw:
-        s = run_foldwise(write_spec(out / "lgbm.yaml", data_path, args.folds, lgbm, "bench-lgbm"), out / "run-lgbm", uri)
-    fw_wall = s["wall_seconds"]
-    fw_compute = sum(s["models"]["lgbm"]["fit_seconds"]) + sum(s["models"]["lgbm"]["predict_seconds"])
+        run_foldwise(fw_spec, out / "run-lgbm-mem", uri)
 
     # --- orchestration overhead: a model that does nothing, 40 fold tasks on 2 slots
     n_tasks = 40
@@ -167,9 +212,12 @@ def main() -> None:
     print("|---|---:|---:|")
     print(f"| sequential loop | {results['sequential']:.2f} | {results['sequential'] / results['joblib']:.2f}x |")
     print(f"| cross_val_predict(n_jobs=2) | {results['joblib']:.2f} | 1.00x |")
-    print(f"| foldwise run, start-up excluded (incl. MLflow logging, outputs) | {fw_wall:.2f} | {fw_wall / results['joblib']:.2f}x |")
-    print(f"| foldwise train phase only | {s['phase_seconds']['train_folds']:.2f} | {s['phase_seconds']['train_folds'] / results['joblib']:.2f}x |")
-    print(f"| Ray start-up (ray.init, once per session) | {ray_startup:.2f} | |")
+    print(f"| foldwise run, start-up excluded (incl. data checks, MLflow logging, outputs) | {fw_wall:.2f} | {fw_wall / results['joblib']:.2f}x |")
+    print(f"| Ray start-up (ray.init in the foldwise process, excluded above) | {s['startup_seconds']:.2f} | |")
+    print()
+    print(f"{args.repeats} alternated pairs: joblib {', '.join(f'{w:.2f}' for w in joblib_walls)} s; foldwise "
+          f"{', '.join(f'{w:.2f}' for w in fw_walls)} s; foldwise / joblib per pair {', '.join(f'{x:.2f}' for x in ratios)} "
+          f"(median {statistics.median(ratios):.2f}x)")
     print()
     print(f"foldwise phases (s): {', '.join(f'{k}={v:.2f}' for k, v in s['phase_seconds'].items())}; "
           f"fit+predict inside fold tasks: {fw_compute:.2f} s; cv_score {s['models']['lgbm']['cv_score']:.5f}")
