@@ -48,7 +48,6 @@ from workflows import tracking as tk
 from workflows.cache import Cache, key_of
 from workflows.check import InputError, Inputs, validate_inputs
 from workflows.cv import (
-    RunFailed,
     _assemble_oof,
     _collect,
     _ensemble,
@@ -57,7 +56,7 @@ from workflows.cv import (
     node_keys,
 )
 from workflows.executor import LazyExecutor, Slot, TaskFailed
-from workflows.failures import describe_failure
+from workflows.failures import RunFailed, describe_failure, marks_run_failed
 from workflows.provenance import code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
@@ -137,30 +136,15 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     children = {v.name: tracker.start_run(v.name, {**tags, tk.TAG_ABLATION_VARIANT: v.name}
                                           | ({tk.TAG_ABLATION_DROPPED: v.dropped} if v.dropped else {}),
                                           parent_id=parent) for v in variants}
-    ok = False
-    try:
+    with marks_run_failed(tracker, parent, children.values(), ex, spec):
         tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json"))
                     | {"task": inputs.task, "metric": inputs.metric, "cv.scheme": inputs.scheme,
                        "ablation.groups": ",".join(v.name for v in variants[1:]), "ablation.bootstrap": n_boot,
                        "ablation.repeats": repeats})
         dag = _run_dag(ex, cache, sub, spec, inputs, base, variants, nodes, fit_models, keys, tracker, children,
                        progress, n_boot, repeats)
-        result = _finish(spec, inputs, base, variants, dag, ex, tracker, parent, children, out, n_boot, repeats,
-                         wall_start, phases | dag.phases)
-        ok = True
-        return result
-    except TaskFailed as e:
-        raise RunFailed(describe_failure(e, spec), parent) from None
-    except KeyboardInterrupt:
-        raise RunFailed("interrupted", parent) from None
-    except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
-        raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
-    finally:
-        for run_id in children.values():
-            if tracker.run_status(run_id) == "RUNNING":
-                tracker.finish(run_id, ok)
-        tracker.finish(parent, ok)
-        ex.close()
+        return _finish(spec, inputs, base, variants, dag, ex, tracker, parent, children, out, n_boot, repeats,
+                       wall_start, phases | dag.phases)
 
 
 # --------------------------------------------------------------------------- the variants

@@ -131,8 +131,8 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
     task fails (the MLflow run is then marked FAILED).
     """
     from workflows import tracking as tk
-    from workflows.cv import RunFailed
-    from workflows.executor import LazyExecutor, TaskFailed
+    from workflows.executor import LazyExecutor
+    from workflows.failures import marks_run_failed
     from workflows.provenance import code_version, git_commit
 
     wall_start = time.perf_counter()
@@ -154,25 +154,13 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "check", tk.TAG_GIT: git_commit(), tk.TAG_CODE: code_version()} | tk.process_tags()
     parent = tracker.start_run(f"check-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
-    ok = False
-    try:
+    with marks_run_failed(tracker, parent, (), ex, spec):
         tracker.log(parent, params={"data.train": spec.data.train, "data.test": spec.data.test,
                                     "reference": reference, "folds": n_folds, "seed": spec.cv.seed,
                                     "max_rows": max_rows, "task": inputs.task})
         adversarial, drift = _gather(ex, handles)
-        result = _finish(spec, inputs, findings, reference, adversarial, drift, tracker, parent, out, n_folds,
-                         wall_start, ex.startup_seconds)
-        ok = True
-        return result
-    except TaskFailed as e:
-        raise RunFailed(f"{e.task}: {e.error}", parent) from None
-    except KeyboardInterrupt:
-        raise RunFailed("interrupted", parent) from None
-    except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
-        raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
-    finally:
-        tracker.finish(parent, ok)
-        ex.close()
+        return _finish(spec, inputs, findings, reference, adversarial, drift, tracker, parent, out, n_folds,
+                       wall_start, ex.startup_seconds)
 
 
 def _resolve_reference(reference: str | Path | None) -> str | None:

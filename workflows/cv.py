@@ -38,18 +38,10 @@ from workflows import tracking as tk
 from workflows.check import InputError, Inputs, data_warnings, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
-from workflows.failures import describe_failure
+from workflows.failures import RunFailed, describe_failure, marks_run_failed
 from workflows.fold_runs import log_fold_run
 from workflows.provenance import adapter_version, code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
-
-
-class RunFailed(RuntimeError):
-    """Failed while running (exit 1): the MLflow run is marked FAILED."""
-
-    def __init__(self, message: str, run_id: str | None) -> None:
-        super().__init__(message)
-        self.run_id = run_id
 
 
 @dataclass(frozen=True)
@@ -131,28 +123,13 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
                                parent_id=parent_run_id)
     children = {m.name: tracker.start_run(m.name, {**tags, tk.TAG_MODEL: m.name}, parent_id=parent) for m in models}
     phases["tracking_setup"] = time.perf_counter() - tick
-    ok = False
-    try:
+    with marks_run_failed(tracker, parent, children.values(), ex, spec):
         tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {"task": inputs.task,
                                                                                   "metric": inputs.metric,
                                                                                   "cv.scheme": inputs.scheme})
         result = _gather(ex, cache, dag, spec, inputs, models, keys, tracker, children, progress)
-        result = _finish(spec, inputs, models, result, tracker, parent, children, out, ex.startup_seconds,
-                         wall_start, phases | result.phases | cache.io_seconds(), warnings)
-        ok = True
-        return result
-    except TaskFailed as e:
-        raise RunFailed(describe_failure(e, spec), parent) from None
-    except KeyboardInterrupt:
-        raise RunFailed("interrupted", parent) from None
-    except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
-        raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
-    finally:
-        for run_id in children.values():
-            if tracker.run_status(run_id) == "RUNNING":
-                tracker.finish(run_id, ok)
-        tracker.finish(parent, ok)
-        ex.close()
+        return _finish(spec, inputs, models, result, tracker, parent, children, out, ex.startup_seconds,
+                       wall_start, phases | result.phases | cache.io_seconds(), warnings)
 
 
 def _data_warnings(cache: Cache, spec: WorkflowSpec, inputs: Inputs, keys: NodeKeys) -> list[str]:

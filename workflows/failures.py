@@ -6,9 +6,52 @@ memory monitor is not a bug in the fold, so it says so and names the spec keys t
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Protocol
+
 from workflows.executor import TaskFailed, TaskOutOfMemory
 from workflows.spec import WorkflowSpec
 from workflows.units import human_size
+
+if TYPE_CHECKING:
+    from workflows.tracking import Tracker
+
+
+class RunFailed(RuntimeError):
+    """Failed while running (exit 1): the MLflow run is marked FAILED."""
+
+    def __init__(self, message: str, run_id: str | None) -> None:
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+@contextmanager
+def marks_run_failed(tracker: Tracker, parent: str, children: Iterable[str], ex: _Closable,
+                     spec: WorkflowSpec | None = None) -> Iterator[None]:
+    """The body of a command whose MLflow runs exist: any failure in it (a task, Ctrl-C, a bug)
+    becomes RunFailed naming the parent run; the runs end FINISHED or FAILED (children still
+    RUNNING too), and the executor is closed, whichever way the body ends."""
+    ok = False
+    try:
+        yield
+        ok = True
+    except TaskFailed as e:
+        raise RunFailed(describe_failure(e, spec), parent) from None
+    except KeyboardInterrupt:
+        raise RunFailed("interrupted", parent) from None
+    except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
+        raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
+    finally:
+        for run_id in children:
+            if tracker.run_status(run_id) == "RUNNING":
+                tracker.finish(run_id, ok)
+        tracker.finish(parent, ok)
+        ex.close()
 
 
 def describe_failure(e: TaskFailed, spec: WorkflowSpec | None = None) -> str:

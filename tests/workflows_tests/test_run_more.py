@@ -151,3 +151,34 @@ def test_cli_main_job_as_a_user_runs_it(tmp_path: Path) -> None:
     assert summary["folds"]["n"] == 3 and summary["metric"] == "neg_root_mean_squared_error"
     assert (tmp_path / "mlflow.db").exists()  # embedded default store in the working directory
     assert "ridge" in proc.stdout and "lgbm" in proc.stdout
+
+
+def test_marks_run_failed_ends_every_run_and_closes_the_executor(tmp_path: Path) -> None:
+    """The one failure path of run, ablate and check: FAILED runs, RunFailed naming the parent, executor closed."""
+    from workflows import tracking as tk
+    from workflows.failures import RunFailed, marks_run_failed
+
+    class Executor:
+        closed = 0
+
+        def close(self) -> None:
+            Executor.closed += 1
+
+    uri = f"sqlite:///{tmp_path / 'f.db'}"
+    tracker = tk.Tracker(uri, "failures")
+    outcomes = {}
+    for case, body_error in (("ok", None), ("bug", ValueError("bad value")), ("ctrl-c", KeyboardInterrupt())):
+        parent = tracker.start_run(case, {})
+        done, running = tracker.start_run("done", {}, parent_id=parent), tracker.start_run("running", {}, parent_id=parent)
+        try:
+            with marks_run_failed(tracker, parent, [done, running], Executor()):
+                tracker.finish(done, ok=True)
+                if body_error is not None:
+                    raise body_error
+        except RunFailed as e:
+            assert e.run_id == parent
+            outcomes[case] = str(e)
+        statuses = [tracker.run_status(r) for r in (parent, done, running)]
+        assert statuses == (["FINISHED"] * 3 if body_error is None else ["FAILED", "FINISHED", "FAILED"]), case
+    assert outcomes == {"bug": "ValueError: bad value", "ctrl-c": "interrupted"}
+    assert Executor.closed == 3
