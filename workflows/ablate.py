@@ -46,7 +46,7 @@ from tasks.report import write_json
 from tasks.train import FoldResult
 from workflows import tracking as tk
 from workflows.cache import Cache, key_of
-from workflows.check import InputError, Inputs, validate_inputs
+from workflows.check import InputError, Inputs, usable_tracking_uri, validate_inputs
 from workflows.cv import (
     _assemble_oof,
     _collect,
@@ -117,10 +117,7 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     drops = {node: v.columns for node, (v, _) in nodes.items() if v.columns}
     version = code_version(base)
     keys = node_keys(spec, inputs, fit_models, version, drops)
-    uri = tk.resolve_uri(tracking_uri, spec.tracking.uri)
-    problem = tk.server_unreachable(uri)
-    if problem:
-        raise InputError(problem)
+    uri = usable_tracking_uri(tracking_uri, spec)
     phases = {"validate": time.perf_counter() - wall_start}
     ex = CountingExecutor(LazyExecutor(executor, address))
     cache = Cache(cache_root, enabled=not no_cache)

@@ -11,11 +11,22 @@ from dataclasses import dataclass
 from tasks.data import DataConfig, DataError, DataSummary, inspect_data
 from tasks.folds import fold_problem
 from tasks.metrics import DEFAULT_METRIC, check_metric
+from workflows import tracking as tk
 from workflows.spec import SpecError, WorkflowSpec
 
 
 class InputError(ValueError):
     """Bad spec, data or arguments: exit code 2, nothing started, nothing logged."""
+
+
+def usable_tracking_uri(explicit: str | None, spec: WorkflowSpec) -> str:
+    """The tracking URI a command will log to (flag, then spec, then default); InputError when it
+    names a server where nothing answers, so no compute starts for a run that cannot be logged."""
+    uri = tk.resolve_uri(explicit, spec.tracking.uri)
+    problem = tk.server_unreachable(uri)
+    if problem:
+        raise InputError(problem)
+    return uri
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from tasks.drift import (
     series_drift,
     summarise_adversarial,
 )
-from workflows.check import DataFindings, Inputs, InputError, data_findings, validate_inputs
+from workflows.check import DataFindings, Inputs, InputError, data_findings, usable_tracking_uri, validate_inputs
 from tasks.report import write_json
 from workflows.cli import EXIT_OK, add_common_arguments, bad_input, failed
 from workflows.spec import WorkflowSpec, load_spec
@@ -143,10 +143,7 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
     findings = data_findings(spec, inputs, reference)
     if findings.errors:
         raise InputError(findings.first_error_line())
-    uri = tk.resolve_uri(tracking_uri, spec.tracking.uri)
-    problem = tk.server_unreachable(uri)
-    if problem:
-        raise InputError(problem)
+    uri = usable_tracking_uri(tracking_uri, spec)
     n_folds = folds or spec.cv.folds
     ex = LazyExecutor(executor, address)
     handles = _submit(ex, spec, inputs, reference, n_folds, max_rows)  # runs while MLflow is set up below

@@ -35,7 +35,7 @@ from tasks.slices import feature_frame, slice_scores
 from tasks.train import FoldResult, train_fold
 from workflows import storage
 from workflows import tracking as tk
-from workflows.check import InputError, Inputs, data_warnings, validate_inputs
+from workflows.check import Inputs, data_warnings, usable_tracking_uri, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
 from workflows.failures import RunFailed, describe_failure, marks_run_failed
@@ -100,10 +100,7 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
     models = [model_config(m) for m in spec.models]
     version = code_version(models)
     keys = node_keys(spec, inputs, models, version)
-    uri = tk.resolve_uri(tracking_uri, spec.tracking.uri)
-    problem = tk.server_unreachable(uri)
-    if problem:
-        raise InputError(problem)
+    uri = usable_tracking_uri(tracking_uri, spec)
     cache = Cache(cache_root, enabled=not no_cache)
     warnings = _data_warnings(cache, spec, inputs, keys) if checks else []
     for line in warnings:

@@ -52,7 +52,7 @@ from tasks.sweep_report import FINAL_STATES, TrialOutcome, best_of, counts, impo
 from tasks.trial import FoldScore, score_fold
 from workflows import tracking as tk
 from workflows.cache import Cache
-from workflows.check import InputError, Inputs, _model_param_problem, validate_inputs
+from workflows.check import InputError, Inputs, _model_param_problem, usable_tracking_uri, validate_inputs
 from workflows.cv import RunFailed, model_config, node_keys
 from workflows.executor import RayExecutor, TaskFailed, make_executor
 from workflows.provenance import code_version, git_commit
@@ -850,9 +850,7 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
             raise InputError(f"--resume: {tk.store_missing(prior.tracking_uri)}")
         plan = replace(plan, trials=prior.trials, timeout=prior.timeout)
     else:
-        problem = tk.server_unreachable(tk.resolve_uri(tracking_uri, spec.tracking.uri))
-        if problem:
-            raise InputError(problem)
+        usable_tracking_uri(tracking_uri, spec)
 
     ex = make_executor("ray", address)
     assert isinstance(ex, RayExecutor)
