@@ -211,11 +211,11 @@ def _top_value(s: pd.Series) -> tuple[object, int, int]:
         n_missing = int(missing.sum())
         if n_missing == n:
             return np.nan, n, 1
+        if n_missing * 2 > n:
+            return np.nan, n_missing, 2
         values = x[~missing]
         candidate = np.partition(values, len(values) // 2)[len(values) // 2]
         count = int((values == candidate).sum())
-        if n_missing * 2 > n:
-            return np.nan, n_missing, 2
         if count * 2 > n:
             top = s[~missing].iloc[int(np.argmax(values == candidate))]
             return top, count, 1 if count == n else 2

@@ -437,9 +437,9 @@ def _binned_cv_score(x: np.ndarray, categorical: bool, y: np.ndarray, task: str,
         # every held-out row of a bin gets that bin's prediction, so the AUC follows from per-bin
         # class counts (NaN when a class is absent from this held-out fold)
         held = _bin_class_counts(b_va, y[va], n_bins, n_classes)
+        held_rows = held.sum(axis=1)
         classes = [1] if task == "binary" else range(n_classes)
-        scores.append(float(np.mean([_bins_auc(held[:, k], held.sum(axis=1) - held[:, k], bin_proba[:, k])
-                                     for k in classes])))
+        scores.append(float(np.mean([_bins_auc(held[:, k], held_rows - held[:, k], bin_proba[:, k]) for k in classes])))
     return float(np.nanmean(scores)) if not np.all(np.isnan(scores)) else float("nan")
 
 
