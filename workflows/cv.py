@@ -163,8 +163,9 @@ def node_keys(spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], ver
                   tasks_version(), *([inputs.summary.image_stamp] if inputs.summary.image_stamp else []))
     plan = key_of("plan", data, inputs.scheme, spec.cv.folds, spec.cv.seed)
     drops = drops or {}
+    adapters = {m.name: adapter_version(m.type, m.estimator) for m in models}
     folds = {(m.name, k): key_of("fold", plan, _fold_config(m), k, inputs.metric, spec.cv.seed,
-                                 tasks_version(), adapter_version(m.type),
+                                 tasks_version(), adapters[m.name],
                                  *([sorted(drops[m.name])] if drops.get(m.name) else []))
              for m in models for k in range(spec.cv.folds)}
     return NodeKeys(data=data, plan=plan, folds=folds, version=version)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import importlib
 import subprocess
-from functools import cache
 from collections.abc import Sequence
+from functools import cache
+from importlib import metadata
 from pathlib import Path
 
 import tasks
@@ -23,25 +24,84 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "none"
 
 
+# Libraries whose version can change a result. Every node: numpy/pandas/pyarrow read and encode
+# the data, scikit-learn assigns the folds and scores. Per built-in model type: what it computes with.
+COMMON_LIBRARIES = ("numpy", "pandas", "pyarrow", "scikit-learn")
+MODEL_LIBRARIES = {"sklearn": (), "lightgbm": ("lightgbm",), "torch_mlp": ("torch",),
+                   "torch_image": ("torch", "timm", "albumentations", "opencv-python-headless", "pillow")}
+
+
+@cache
+def library_versions(names: tuple[str, ...]) -> tuple[str, ...]:
+    """'name==version' for each installed distribution, 'name absent' for the others."""
+    out = []
+    for name in names:
+        try:
+            out.append(f"{name}=={metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            out.append(f"{name} absent")
+    return tuple(out)
+
+
 @cache
 def tasks_version() -> str:
-    """Hash of the `tasks` package source: any change there may change any result."""
+    """Hash of the `tasks` package source and the common libraries' versions: any change there
+    may change any result (upgrading pandas or scikit-learn recomputes, like editing tasks/)."""
     h = hashlib.sha256()
     for path in sorted(Path(tasks.__file__).parent.rglob("*.py")):
+        h.update(path.read_bytes())
+    h.update("\n".join(library_versions(COMMON_LIBRARIES)).encode())
+    return h.hexdigest()[:12]
+
+
+def adapter_version(model_type: str, estimator: str | None = None) -> str:
+    """What a model's results depend on beyond tasks_version: the versions of the libraries it
+    computes with (a built-in type's, the distribution an sklearn `estimator` path comes from)
+    and, for a user adapter, the source of its whole package (so editing a helper module it
+    imports recomputes too) or, for a top-level module, of the .py files beside it."""
+    parts: list[str] = []
+    if model_type in BUILTIN_MODEL_TYPES:
+        parts += library_versions(MODEL_LIBRARIES.get(model_type, ()))
+    else:
+        parts.append(_source_hash(model_type.partition(":")[0].split(".")[0]))
+    if estimator:
+        parts.append(_module_version(estimator.rpartition(".")[0].split(".")[0]))
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12] if parts else ""
+
+
+def _source_hash(top_level: str) -> str:
+    """Hash of the .py files (names and bytes) of a top-level package, recursively, or of the
+    folder holding a top-level module. Not cached: a notebook's edits between runs count."""
+    module = importlib.import_module(top_level)
+    if getattr(module, "__path__", None):  # a package: every file under its folder(s)
+        folders = [Path(f) for f in module.__path__]
+        files = [(folder, p) for folder in folders for p in sorted(folder.rglob("*.py"))]
+    elif getattr(module, "__file__", None):
+        folder = Path(module.__file__).parent
+        files = [(folder, p) for p in sorted(folder.glob("*.py"))]
+    else:  # built in: nothing to edit
+        files = []
+    h = hashlib.sha256(top_level.encode())
+    for folder, path in files:
+        h.update(path.relative_to(folder).as_posix().encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 
-def adapter_version(model_type: str) -> str:
-    """Hash of a user adapter's module ('' for built-in types, covered by tasks_version)."""
-    if model_type in BUILTIN_MODEL_TYPES:
-        return ""
-    module = importlib.import_module(model_type.partition(":")[0])
-    path = getattr(module, "__file__", None)
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] if path else ""
+@cache
+def _module_version(top_level: str) -> str:
+    """'name version' of an importable top-level package (sklearn, xgboost...): its __version__,
+    else the version of the distribution that installs it, else its source hash (a user's own)."""
+    version = getattr(importlib.import_module(top_level), "__version__", None)
+    if isinstance(version, str):
+        return f"{top_level} {version}"
+    dists = metadata.packages_distributions().get(top_level)  # slow (reads every installed package's metadata)
+    if dists:
+        return " ".join(library_versions(tuple(sorted(dists))))
+    return f"{top_level} source {_source_hash(top_level)}"
 
 
 def code_version(models: Sequence[ModelConfig] = ()) -> str:
-    """tasks_version plus the distinct user adapter modules the spec names (for run tags)."""
-    parts = [tasks_version(), *sorted({adapter_version(m.type) for m in models} - {""})]
+    """tasks_version plus what each model's results depend on (for run tags)."""
+    parts = [tasks_version(), *sorted({adapter_version(m.type, m.estimator) for m in models} - {""})]
     return parts[0] if len(parts) == 1 else hashlib.sha256("+".join(parts).encode()).hexdigest()[:12]

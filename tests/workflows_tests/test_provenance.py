@@ -1,0 +1,119 @@
+"""The code version in every cache key: what a result depends on beyond the spec and the data.
+
+A cached fold is served only if nothing that computed it changed: the tasks/ source, the
+libraries the model computes with, and a user adapter's whole package (its helpers too).
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import lightgbm
+import numpy as np
+import pandas as pd
+import pytest
+import sklearn
+import yaml
+
+from workflows.cv import run_cv
+from workflows.provenance import COMMON_LIBRARIES, MODEL_LIBRARIES, adapter_version, library_versions, tasks_version
+
+ADAPTER = '''
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from {pkg}.helpers import SCALE
+
+
+class Model:
+    def __init__(self, config, ctx):
+        self.m = LogisticRegression(C=SCALE)
+
+    def fit(self, X, y):
+        self.m.fit(X.to_numpy(), y)
+
+    def predict(self, X):
+        return self.m.predict_proba(X.to_numpy())[:, 1]
+'''
+
+
+@pytest.fixture
+def user_package(tmp_path: Path, monkeypatch):
+    """A user's adapter package on sys.path: `<name>.model:Model` imports `<name>.helpers`."""
+    name = f"userpkg_{tmp_path.name.replace('-', '_')}"
+    root = tmp_path / "src"
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    (root / name / "helpers.py").write_text("SCALE = 1.0\n")
+    (root / name / "model.py").write_text(ADAPTER.format(pkg=name))
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    yield name, root / name
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]
+
+
+def test_editing_a_helper_module_of_a_user_adapter_changes_its_version(user_package) -> None:
+    name, folder = user_package
+    before = adapter_version(f"{name}.model:Model")
+    assert before and adapter_version(f"{name}.model:Model") == before, "stable while nothing changes"
+    (folder / "helpers.py").write_text("SCALE = 0.5\n")
+    after_edit = adapter_version(f"{name}.model:Model")
+    assert after_edit != before, "a helper the adapter imports is part of its version"
+    (folder / "extra.py").write_text("X = 1\n")
+    assert adapter_version(f"{name}.model:Model") != after_edit, "a new module in the package counts too"
+
+
+def test_a_top_level_module_adapter_covers_the_files_beside_it(tmp_path: Path, monkeypatch) -> None:
+    name = f"toplevel_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(f"from {name}_util import K\nclass M: ...\n")
+    (tmp_path / f"{name}_util.py").write_text("K = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        before = adapter_version(f"{name}:M")
+        (tmp_path / f"{name}_util.py").write_text("K = 2\n")
+        assert adapter_version(f"{name}:M") != before
+    finally:
+        sys.modules.pop(name, None)
+        sys.modules.pop(f"{name}_util", None)
+
+
+def test_library_versions_are_the_installed_ones_and_enter_the_key() -> None:
+    assert library_versions(MODEL_LIBRARIES["lightgbm"]) == (f"lightgbm=={lightgbm.__version__}",)
+    common = dict(v.split("==") for v in library_versions(COMMON_LIBRARIES))
+    assert common["numpy"] == np.__version__ and common["pandas"] == pd.__version__
+    assert common["scikit-learn"] == sklearn.__version__
+    assert library_versions(("surely-not-installed-xyz",)) == ("surely-not-installed-xyz absent",)
+    # built-in types differ by the libraries they compute with; an sklearn-type estimator path by
+    # the package it comes from (LightGBM's sklearn API through the `sklearn` type)
+    assert adapter_version("lightgbm") not in ("", adapter_version("sklearn"))
+    from_sklearn = adapter_version("sklearn", "sklearn.linear_model.LogisticRegression")
+    from_lightgbm = adapter_version("sklearn", "lightgbm.LGBMClassifier")
+    assert from_sklearn and from_lightgbm and from_sklearn != from_lightgbm
+    assert len(tasks_version()) == 12
+
+
+def test_a_rerun_refits_a_user_model_after_its_helper_changed(user_package, tmp_path: Path) -> None:
+    """End to end: unchanged -> every fold from the cache; helper edited -> every fold refitted."""
+    name, folder = user_package
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))
+    frame = pd.DataFrame(X, columns=["a", "b", "c"]).assign(target=(X[:, 0] > 0).astype(int))
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    spec = {"name": "provenance", "data": {"train": str(tmp_path / "d.csv"), "target": "target"},
+            "metric": "roc_auc", "cv": {"scheme": "stratified", "folds": 3, "seed": 0},
+            "models": [{"name": "user", "type": f"{name}.model:Model"}]}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    kw = {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "cache_root": str(tmp_path / "cache"),
+          "executor": "local"}
+    first = run_cv(path, out=tmp_path / "o1", **kw).summary
+    again = run_cv(path, out=tmp_path / "o2", **kw).summary
+    (folder / "helpers.py").write_text("SCALE = 0.01\n")
+    edited = run_cv(path, out=tmp_path / "o3", **kw).summary
+    assert first["models"]["user"]["cached"] == [False] * 3
+    assert again["models"]["user"]["cached"] == [True] * 3
+    assert edited["models"]["user"]["cached"] == [False] * 3
