@@ -383,6 +383,9 @@ def id_like_columns(frame: pd.DataFrame, min_unique_share: float = 0.95) -> tupl
             if pd.api.types.is_bool_dtype(s):
                 continue
             x = s.to_numpy(dtype=np.float64, na_value=np.nan)
+            head = x[:1000]  # a fraction in the first rows settles a measurement column without a full pass
+            if np.any(np.mod(head[np.isfinite(head)], 1) != 0):
+                continue
             x = x[np.isfinite(x)]
             if not (len(x) and np.all(np.mod(x, 1) == 0)):
                 continue

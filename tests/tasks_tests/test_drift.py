@@ -168,6 +168,18 @@ def test_id_like_columns_and_ids_that_track_the_target() -> None:
     assert ROW_ORDER in {s.column for s in ids_tracking_target(frame, np.sort(y), "binary", [])}
 
 
+def test_id_like_looks_past_the_first_rows() -> None:
+    """The first rows only ever rule a column out; a fraction after them still counts."""
+    n = 3000
+    late_fraction = np.arange(n, dtype=np.float64)
+    late_fraction[2500:] += 0.5  # whole numbers for 2500 rows, then measurements
+    with_missing = RNG.permutation(n).astype(np.float64)
+    with_missing[::7] = np.nan
+    frame = pd.DataFrame({"late_fraction": late_fraction, "long_id": RNG.permutation(n) + 10**6,
+                          "with_missing": with_missing})
+    assert id_like_columns(frame, min_unique_share=0.8) == ("long_id", "with_missing")
+
+
 # --------------------------------------------------------------------------- frame checks
 
 
