@@ -73,10 +73,10 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        start = time.perf_counter()  # start-up = importing Ray (~0.5 s) + starting or joining the cluster
         import ray
 
         self._ray = ray
-        start = time.perf_counter()
         if address is not None:
             _reachable(address)
         self.owns_cluster = not ray.is_initialized()
