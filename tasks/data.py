@@ -272,7 +272,8 @@ def infer_task(target: pd.Series) -> str:
         return "binary"
     if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
         return "multiclass"
-    integral = bool(np.all(np.equal(np.mod(values.to_numpy(dtype=float), 1), 0)))
+    with np.errstate(invalid="ignore"):  # inf % 1 is NaN: not integral (an inf target is refused later)
+        integral = bool(np.all(np.equal(np.mod(values.to_numpy(dtype=float), 1), 0)))
     return "multiclass" if integral and n_unique <= 20 else "regression"
 
 
