@@ -65,7 +65,8 @@ def adapter_version(model_type: str, estimator: str | None = None) -> str:
     else:
         parts.append(_source_hash(model_type.partition(":")[0].split(".")[0]))
     if estimator:
-        parts.append(_module_version(estimator.rpartition(".")[0].split(".")[0]))
+        top_level = estimator.rpartition(".")[0].split(".")[0]
+        parts.append(_installed_version(top_level) or f"{top_level} source {_source_hash(top_level)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12] if parts else ""
 
 
@@ -89,16 +90,14 @@ def _source_hash(top_level: str) -> str:
 
 
 @cache
-def _module_version(top_level: str) -> str:
-    """'name version' of an importable top-level package (sklearn, xgboost...): its __version__,
-    else the version of the distribution that installs it, else its source hash (a user's own)."""
+def _installed_version(top_level: str) -> str | None:
+    """'name version' of an installed top-level package (sklearn, xgboost...): its __version__, else
+    the version of the distribution that installs it; None for a user's own module (no version)."""
     version = getattr(importlib.import_module(top_level), "__version__", None)
     if isinstance(version, str):
         return f"{top_level} {version}"
     dists = metadata.packages_distributions().get(top_level)  # slow (reads every installed package's metadata)
-    if dists:
-        return " ".join(library_versions(tuple(sorted(dists))))
-    return f"{top_level} source {_source_hash(top_level)}"
+    return " ".join(library_versions(tuple(sorted(dists)))) if dists else None
 
 
 def code_version(models: Sequence[ModelConfig] = ()) -> str:

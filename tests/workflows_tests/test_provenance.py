@@ -66,6 +66,14 @@ def test_editing_a_helper_module_of_a_user_adapter_changes_its_version(user_pack
     assert adapter_version(f"{name}.model:Model") != after_edit, "a new module in the package counts too"
 
 
+def test_an_sklearn_estimator_from_a_users_own_package_is_versioned_by_its_source(user_package) -> None:
+    """No __version__ and no installed distribution: its source, read again on every call."""
+    name, folder = user_package
+    before = adapter_version("sklearn", f"{name}.helpers.Estimator")
+    (folder / "helpers.py").write_text("SCALE = 2.0\n")
+    assert adapter_version("sklearn", f"{name}.helpers.Estimator") != before
+
+
 def test_a_top_level_module_adapter_covers_the_files_beside_it(tmp_path: Path, monkeypatch) -> None:
     name = f"toplevel_{tmp_path.name.replace('-', '_')}"
     (tmp_path / f"{name}.py").write_text(f"from {name}_util import K\nclass M: ...\n")
