@@ -53,8 +53,9 @@ from tasks.trial import FoldScore, score_fold
 from workflows import tracking as tk
 from workflows.cache import Cache
 from workflows.check import InputError, Inputs, _model_param_problem, usable_tracking_uri, validate_inputs
-from workflows.cv import RunFailed, model_config, node_keys
+from workflows.cv import model_config, node_keys
 from workflows.executor import RayExecutor, TaskFailed, make_executor
+from workflows.failures import RunFailed
 from workflows.provenance import code_version, git_commit
 from workflows.search_space import ParamDist, parse_space, to_optuna
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
@@ -849,13 +850,14 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
         if tk.store_missing(prior.tracking_uri):
             raise InputError(f"--resume: {tk.store_missing(prior.tracking_uri)}")
         plan = replace(plan, trials=prior.trials, timeout=prior.timeout)
+        uri = prior.tracking_uri
     else:
-        usable_tracking_uri(tracking_uri, spec)
+        uri = usable_tracking_uri(tracking_uri, spec)
 
     ex = make_executor("ray", address)
     assert isinstance(ex, RayExecutor)
     try:
-        return _sweep(spec, plan, inputs, ex, prior, out=out, tracking_uri=tracking_uri, storage_root=storage_root,
+        return _sweep(spec, plan, inputs, ex, prior, out=out, uri=uri, storage_root=storage_root,
                       progress=progress, no_cache=no_cache, cache_root=cache_root, wall_start=wall_start)
     finally:
         ex.close()
@@ -879,7 +881,7 @@ def _prepare(ex: RayExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
 
 
 def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor, prior: SweepState | None, *,
-           out: str | Path | None, tracking_uri: str | None, storage_root: Path, progress: bool, no_cache: bool,
+           out: str | Path | None, uri: str, storage_root: Path, progress: bool, no_cache: bool,
            cache_root: str | None, wall_start: float) -> SweepResult:
     import ray
     from ray import tune
@@ -896,7 +898,6 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
     slots = plan_slots(plan, n_folds, ray.cluster_resources())
     phases["prepare"] = time.perf_counter() - tick
     tick = time.perf_counter()
-    uri = prior.tracking_uri if prior is not None else tk.resolve_uri(tracking_uri, spec.tracking.uri)
     tracker = tk.Tracker(uri, spec.experiment)
     reader = tk.RunReader(uri)
     tags = {tk.TAG_COMMAND: "sweep", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
