@@ -154,7 +154,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--features", type=int, default=40)
     ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3, help="joblib / foldwise pairs, alternated; medians reported")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of joblib, Ray by hand and foldwise, alternated; medians reported")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = ap.parse_args()
     out = args.out.resolve()
