@@ -1,8 +1,9 @@
 """Reading and preparing the training (and test) data.
 
 `inspect_data` is the cheap read the driver does before any compute, to refuse bad input
-with one clear line. `prepare_data` is the full read done once per command (as a Ray
-task): it returns a `PreparedData` whose arrays are plain numpy, so fold tasks read them
+with one clear line. `prepare_data` is the full read done once per command (a Ray task),
+and `prepare_frames` the same on frames already read (the driver's data checks read them):
+either returns a `PreparedData` whose arrays are plain numpy, so fold tasks read them
 zero-copy from the object store. Categorical columns are stored as integer codes into a
 global level list (a lossless relabelling, not a fit); encoders that learn anything are
 fitted inside each fold (see tasks.features).
@@ -306,6 +307,11 @@ def prepare_data(config: DataConfig) -> PreparedData:
     """Read train (+ test) once and turn them into numpy arrays fold tasks can share."""
     train = read_table(config.train)
     test = read_table(config.test) if config.test else None
+    return prepare_frames(config, train, test)
+
+
+def prepare_frames(config: DataConfig, train: pd.DataFrame, test: pd.DataFrame | None) -> PreparedData:
+    """`prepare_data` on frames already read (the driver's data checks read them: no second read)."""
     task = config.task or infer_task(train[config.target])
     y, classes = encode_target(train[config.target], task, config.target)
     features = feature_columns(list(train.columns), config)

@@ -175,8 +175,9 @@ def data_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = No
     return DataFindings(errors=(), warnings=warnings, train=train, other=other)
 
 
-def data_warnings(spec: WorkflowSpec, inputs: Inputs) -> list[str]:
-    """The cheap data checks for `foldwise run`: warning lines to print and log.
+def data_warnings(spec: WorkflowSpec, inputs: Inputs) -> tuple[list[str], DataFindings]:
+    """The cheap data checks for `foldwise run`: warning lines to print and log, and the
+    findings, whose frames the run prepares its arrays from (so the files are read once).
 
     Call after `validate_inputs` and before any task starts. Raises InputError (exit 2)
     for the errors only a full read finds (e.g. a constant regression target, duplicate
@@ -188,7 +189,7 @@ def data_warnings(spec: WorkflowSpec, inputs: Inputs) -> list[str]:
     findings = data_findings(spec, inputs)
     if findings.errors:
         raise InputError(findings.first_error_line())
-    return [f.message for f in findings.warnings if f.code != "row_order_tracks_target" or inputs.scheme == "time"]
+    return [f.message for f in findings.warnings if f.code != "row_order_tracks_target" or inputs.scheme == "time"], findings
 
 
 __all__ += ["DataFindings", "data_findings", "data_warnings"]

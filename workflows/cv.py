@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.data import PreparedData, prepare_data
+from tasks.data import DataError, PreparedData, prepare_data, prepare_frames
 from tasks.ensemble import EnsembleResult, blend
-from tasks.folds import FoldPlan, plan_folds
+from tasks.folds import FoldPlan, assign_folds
 from tasks.models import ModelConfig
 from tasks.report import (
     write_json,
@@ -35,7 +35,7 @@ from tasks.slices import feature_frame, slice_scores
 from tasks.train import FoldResult, train_fold
 from workflows import storage
 from workflows import tracking as tk
-from workflows.check import Inputs, data_warnings, usable_tracking_uri, validate_inputs
+from workflows.check import InputError, Inputs, data_warnings, usable_tracking_uri, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
 from workflows.failures import RunFailed, describe_failure, marks_run_failed
@@ -102,13 +102,14 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
     keys = node_keys(spec, inputs, models, version)
     uri = usable_tracking_uri(tracking_uri, spec)
     cache = Cache(cache_root, enabled=not no_cache)
-    warnings = _data_warnings(cache, spec, inputs, keys) if checks else []
+    warnings, frames = _data_warnings(cache, spec, inputs, keys) if checks else ([], None)
     for line in warnings:
         print(f"foldwise: warning: {line}", file=sys.stderr)
     phases = {"validate": time.perf_counter() - wall_start}
     ex = LazyExecutor(executor, address)
     try:
-        dag = _submit(ex, cache, spec, inputs, models, keys)  # runs while MLflow is set up below
+        dag = _submit(ex, cache, spec, inputs, models, keys, frames=frames)  # runs while MLflow is set up below
+        del frames  # the driver keeps the prepared arrays (in the object store), not the frames
     except TaskFailed as e:
         ex.close()
         raise RunFailed(describe_failure(e, spec), None) from None
@@ -129,14 +130,23 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
                        wall_start, phases | result.phases | cache.io_seconds(), warnings)
 
 
-def _data_warnings(cache: Cache, spec: WorkflowSpec, inputs: Inputs, keys: NodeKeys) -> list[str]:
-    """The cheap checks' warnings, cached with the data they read (errors are never cached)."""
+def _data_warnings(cache: Cache, spec: WorkflowSpec, inputs: Inputs, keys: NodeKeys
+                   ) -> tuple[list[str], tuple[pd.DataFrame, pd.DataFrame | None] | None]:
+    """The cheap checks' warnings, cached with the data they read (errors are never cached),
+    and the (train, test) frames the checks read, None when the warnings came from the cache."""
     key = key_of("checks", keys.data, spec.cv.seed)
     found = cache.get("checks", key)
-    if found is None:
-        found = data_warnings(spec, inputs)
-        cache.put("checks", key, found)
-    return found
+    if found is not None:
+        return found, None
+    found, findings = data_warnings(spec, inputs)
+    cache.put("checks", key, found)
+    return found, (findings.train, findings.other.frame if findings.other is not None else None)
+
+
+def fold_plan(spec: WorkflowSpec, inputs: Inputs) -> FoldPlan:
+    """The fold plan, on the driver: it needs only the target and groups, which validation already
+    read, so no task waits on a plan task (and its sklearn import) before the first fold."""
+    return assign_folds(inputs.summary.y, inputs.summary.groups, inputs.scheme, spec.cv.folds, spec.cv.seed)
 
 
 @dataclass(frozen=True)
@@ -181,20 +191,24 @@ def _fold_config(m: ModelConfig) -> dict[str, Any]:
 class Submitted:
     """What `_submit` started: cached values where the cache had them, handles for the rest."""
 
-    data: PreparedData | None
-    plan: FoldPlan | None
-    prepared: Any  # handle of the prepared data (a task, or the cached value put once), or None
+    data: PreparedData | None  # None while a prepare task makes it
+    plan: FoldPlan
+    prepared: Any  # handle of the prepared data (a task, or the driver's value put once), or None
     plan_handle: Any
     cached: dict[tuple[str, int], FoldResult]
     fits: dict[Any, tuple[str, int]]  # handle -> (model, fold)
     seconds: float
+    new: tuple[str, ...] = ()  # nodes made on the driver here ("data", "plan"): _collect caches them
 
 
 def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig],
-            keys: NodeKeys, drops: Mapping[str, tuple[str, ...]] | None = None) -> Submitted:
+            keys: NodeKeys, drops: Mapping[str, tuple[str, ...]] | None = None,
+            frames: tuple[pd.DataFrame, pd.DataFrame | None] | None = None) -> Submitted:
     """The DAG: prepare once -> plan folds once -> one train_fold per model x fold, all at once.
 
-    Nodes found in the cache are not submitted; Ray starts only if something must run.
+    Nodes found in the cache are not submitted; Ray starts only if something must run. The
+    plan is made here on the driver; so is the prepared data when `frames` (train, test: what
+    the data checks read) are given, else a prepare task reads the files.
     `drops`: model name -> feature columns its folds leave out (ablation variants).
     """
     tick = time.perf_counter()
@@ -202,13 +216,26 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
     cached = {(name, k): replace(r, model=name) for (name, k), key in keys.folds.items()
               if (r := cache.get("fold", key)) is not None}
     data, plan = cache.get("data", keys.data), cache.get("plan", keys.plan)
+    new: list[str] = []
+    if plan is None:
+        plan = fold_plan(spec, inputs)
+        new.append("plan")
+    if data is None and frames is not None:
+        try:
+            data = prepare_frames(inputs.data, *frames)
+        except DataError as e:  # nothing started yet: bad data, like any other found before compute
+            raise InputError(f"data: {e}") from None
+        new.append("data")
     todo = [mk for mk in keys.folds if mk not in cached]
     prepared = plan_handle = None
     fits: dict[Any, tuple[str, int]] = {}
-    if todo or data is None or plan is None:
-        prepared = ex.put(data) if data is not None else ex.submit(prepare_data, inputs.data, name="prepare")
-        plan_handle = (ex.put(plan) if plan is not None else
-                       ex.submit(plan_folds, prepared, inputs.scheme, spec.cv.folds, spec.cv.seed, name="assign_folds"))
+    if data is None:
+        prepared = ex.submit(prepare_data, inputs.data, name="prepare")
+    if todo:
+        if prepared is None:
+            prepared = ex.put(data)
+            data = ex.get(prepared)  # a zero-copy view of the stored arrays: the driver holds no second copy
+        plan_handle = ex.put(plan)
         by_name = {m.name: m for m in models}
         for name, k in todo:
             m = by_name[name]
@@ -217,7 +244,7 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
                                slot=Slot(m.cpus, m.gpus, memory=m.memory), name=f"train_fold[model={name}, fold={k}]")
             fits[handle] = (name, k)
     return Submitted(data=data, plan=plan, prepared=prepared, plan_handle=plan_handle, cached=cached, fits=fits,
-                     seconds=time.perf_counter() - tick)
+                     seconds=time.perf_counter() - tick, new=tuple(new))
 
 
 def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, inputs: Inputs,
@@ -246,11 +273,11 @@ def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelC
     phases = {"submit": sub.seconds}
     tick = time.perf_counter()
     data, plan = sub.data, sub.plan
-    if plan is None:
-        plan = ex.get(sub.plan_handle)
+    if "plan" in sub.new:
         cache.put("plan", keys.plan, plan)
     if data is None:
         data = ex.get(sub.prepared)
+    if data is not sub.data or "data" in sub.new:  # made by the prepare task or on the driver: cache it
         cache.put("data", keys.data, data)
     phases["prepare"] = time.perf_counter() - tick
     tick = time.perf_counter()

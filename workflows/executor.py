@@ -196,8 +196,8 @@ class LocalExecutor:
     def put(self, value: Any) -> Any:
         return value
 
-    def get(self, handle: LocalHandle) -> Any:
-        return handle.result()
+    def get(self, handle: LocalHandle | Any) -> Any:
+        return handle.result() if isinstance(handle, LocalHandle) else handle  # a value put is its own handle
 
     def as_completed(self, handles: list[LocalHandle]) -> Iterator[tuple[LocalHandle, Any]]:
         for h in handles:

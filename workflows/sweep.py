@@ -45,7 +45,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
 from ray.tune.search.optuna import OptunaSearch
 
 from tasks.data import PreparedData, prepare_data
-from tasks.folds import FoldPlan, plan_folds
+from tasks.folds import FoldPlan
 from tasks.models import ModelConfig
 from tasks.report import write_json
 from tasks.sweep_report import FINAL_STATES, TrialOutcome, best_of, counts, importances, study_of, trials_frame, write_plots
@@ -53,7 +53,7 @@ from tasks.trial import FoldScore, score_fold
 from workflows import tracking as tk
 from workflows.cache import Cache
 from workflows.check import InputError, Inputs, _model_param_problem, usable_tracking_uri, validate_inputs
-from workflows.cv import model_config, node_keys
+from workflows.cv import fold_plan, model_config, node_keys
 from workflows.executor import RayExecutor, TaskFailed, make_executor
 from workflows.failures import RunFailed
 from workflows.provenance import code_version, git_commit
@@ -869,14 +869,13 @@ def _prepare(ex: RayExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
     keys = node_keys(spec, inputs, [model], version)
     data, plan = cache.get("data", keys.data), cache.get("plan", keys.plan)
     data_ref = ex.put(data) if data is not None else ex.submit(prepare_data, inputs.data, name="prepare")
-    plan_ref = (ex.put(plan) if plan is not None else
-                ex.submit(plan_folds, data_ref, inputs.scheme, spec.cv.folds, spec.cv.seed, name="assign_folds"))
+    if plan is None:
+        plan = fold_plan(spec, inputs)  # on the driver, from the validated target and groups
+        cache.put("plan", keys.plan, plan)
+    plan_ref = ex.put(plan)
     if data is None:
         data = ex.get(data_ref)
         cache.put("data", keys.data, data)
-    if plan is None:
-        plan = ex.get(plan_ref)
-        cache.put("plan", keys.plan, plan)
     return data, plan, data_ref, plan_ref
 
 

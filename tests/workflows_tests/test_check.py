@@ -177,8 +177,9 @@ def test_data_warnings_is_the_cheap_part_for_foldwise_run(data: Path) -> None:
     from workflows.spec import load_spec
 
     spec = load_spec(spec_file(data, "dw", test="test_leak.csv", train="train_leak.csv"))
-    lines = data_warnings(spec, validate_inputs(spec))
+    lines, findings = data_warnings(spec, validate_inputs(spec))
     assert any("'leak' alone predicts the target" in w for w in lines)
+    assert findings.train is not None and findings.other.role == "test", "the frames the run prepares from"
     assert not any("drifted" in w or "adversarial" in w for w in lines)  # no drift model in the cheap part
     spec = load_spec(spec_file(data, "dw2", train="const_regression.csv"), ["task=regression"])
     inputs = validate_inputs(spec)  # the cheap header read cannot see this one
