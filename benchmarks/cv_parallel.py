@@ -86,20 +86,20 @@ JOBLIB_SCRIPT = """
 import json, sys, time
 import lightgbm as lgb, pandas as pd
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 frame = pd.read_parquet(sys.argv[1])
 X, y = frame.drop(columns=["target"]).to_numpy(), frame["target"].to_numpy()
 cv = StratifiedKFold(int(sys.argv[2]), shuffle=True, random_state=0)
 cross_val_predict(lgb.LGBMClassifier(**json.loads(sys.argv[3]), n_jobs=1, random_state=0), X, y, cv=cv, n_jobs=2,
                   method="predict_proba")
-print(time.perf_counter() - start)
+print(json.dumps({"wall": time.perf_counter() - start, "driver_cpu": time.process_time() - cpu}))
 """
 
 RAY_SCRIPT = """
 import json, sys, time
 import lightgbm as lgb, numpy as np, pandas as pd
 from sklearn.model_selection import StratifiedKFold
-t = time.perf_counter()
+t, cpu = time.perf_counter(), time.process_time()
 import ray
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 startup = time.perf_counter() - t
@@ -118,27 +118,30 @@ oof = np.zeros(len(y))
 params = json.loads(sys.argv[3])
 for valid, pred in ray.get([fold.remote(X_ref, y_ref, tr, va, params) for tr, va in cv.split(X, y)]):
     oof[valid] = pred
-print(json.dumps({"wall": time.perf_counter() - start, "startup": startup}))
+print(json.dumps({"wall": time.perf_counter() - start, "startup": startup, "driver_cpu": time.process_time() - cpu}))
 """
 
 FOLDWISE_SCRIPT = """
-import json, os, sys
+import json, os, sys, time
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 from workflows.cv import run_cv
+cpu = time.process_time()
 s = run_cv(sys.argv[1], out=sys.argv[2], tracking_uri=sys.argv[3], no_cache=True,
            cache_root=os.path.join(os.path.dirname(sys.argv[2]), "cache")).summary
-print(json.dumps(s))
+print(json.dumps(s | {"driver_cpu": time.process_time() - cpu}))
 """
 
 
-def _fresh_process(script: str, *argv: str) -> str:
-    """Run `script` in a new Python (as a user's own run would be); its last stdout line."""
+def _fresh_process(script: str, *argv: str) -> tuple[str, float]:
+    """Run `script` in a new Python (as a user's own run would be): its last stdout line, and the
+    whole process's wall seconds (interpreter start, imports, Ray start-up and teardown included)."""
     import subprocess
     import sys
 
+    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])
-    return done.stdout.strip().splitlines()[-1]
+    return done.stdout.strip().splitlines()[-1], time.perf_counter() - start
 
 
 def run_foldwise(spec: Path, out: Path, uri: str) -> dict:
@@ -199,15 +202,26 @@ def main() -> None:
     # Ray by hand: what a Ray user writes instead (ray.put, one remote task per fold), timed like
     # foldwise (imports of the libraries and Ray start-up excluded): the floor foldwise adds to.
     joblib_walls, fw_walls, fw_runs, ray_walls, ray_startups = [], [], [], [], []
+    whole: dict[str, list[float]] = {"joblib": [], "ray": [], "foldwise": []}  # whole-process walls
+    cpu: dict[str, list[float]] = {"joblib": [], "ray": [], "foldwise": []}  # driver CPU seconds
     fw_spec = write_spec(out / "lgbm.yaml", data_path, args.folds, lgbm, "bench-lgbm")
     for r in range(args.repeats):
-        joblib_walls.append(float(_fresh_process(JOBLIB_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS))))
-        by_hand = json.loads(_fresh_process(RAY_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS)))
+        line, seconds = _fresh_process(JOBLIB_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS))
+        joblib_walls.append(json.loads(line)["wall"])
+        whole["joblib"].append(seconds)
+        cpu["joblib"].append(json.loads(line)["driver_cpu"])
+        line, seconds = _fresh_process(RAY_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS))
+        by_hand = json.loads(line)
         ray_walls.append(by_hand["wall"])
         ray_startups.append(by_hand["startup"])
-        summary = json.loads(_fresh_process(FOLDWISE_SCRIPT, str(fw_spec), str(out / f"run-lgbm-{r}"), uri))
+        whole["ray"].append(seconds)
+        cpu["ray"].append(by_hand["driver_cpu"])
+        line, seconds = _fresh_process(FOLDWISE_SCRIPT, str(fw_spec), str(out / f"run-lgbm-{r}"), uri)
+        summary = json.loads(line)
         fw_runs.append(summary)
         fw_walls.append(summary["wall_seconds"] - summary["startup_seconds"])
+        whole["foldwise"].append(seconds)
+        cpu["foldwise"].append(summary["driver_cpu"])
     results["joblib"] = statistics.median(joblib_walls)
     results["ray_by_hand"] = statistics.median(ray_walls)
     fw_wall = statistics.median(fw_walls)
@@ -216,6 +230,8 @@ def main() -> None:
     ratios = [f / j for f, j in zip(fw_walls, joblib_walls, strict=True)]
     with PeakPSS() as mem_joblib:
         _fresh_process(JOBLIB_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS))
+    whole_median = {k: statistics.median(v) for k, v in whole.items()}
+    cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
 
     # --- in this process from here on: a 2-CPU local Ray for the overhead and memory figures
     import ray
@@ -249,6 +265,14 @@ def main() -> None:
           f"{results['ray_by_hand'] / results['joblib']:.2f}x |")
     print(f"| foldwise run, start-up excluded (incl. data checks, MLflow logging, outputs) | {fw_wall:.2f} | {fw_wall / results['joblib']:.2f}x |")
     print(f"| Ray start-up (import ray + ray.init; foldwise's median run, excluded above) | {s['startup_seconds']:.2f} | |")
+    print()
+    print("| whole process (interpreter start, imports, Ray start-up and teardown included) | wall s | vs joblib | driver CPU s |")
+    print("|---|---:|---:|---:|")
+    for key, label in (("joblib", "cross_val_predict script"), ("ray", "Ray by hand script"), ("foldwise", "run_cv script")):
+        print(f"| {label} | {whole_median[key]:.2f} | {whole_median[key] / whole_median['joblib']:.2f}x | {cpu_median[key]:.2f} |")
+    print()
+    print("driver CPU: the parent process's user+system seconds over its timed part (Ray by hand and foldwise "
+          "include their Ray start-up's share); the fold work runs in worker processes and is not counted.")
     print()
     print(f"{args.repeats} alternated rounds: joblib {', '.join(f'{w:.2f}' for w in joblib_walls)} s; Ray by hand "
           f"{', '.join(f'{w:.2f}' for w in ray_walls)} s (start-up {', '.join(f'{w:.2f}' for w in ray_startups)} s); foldwise "
