@@ -6,11 +6,15 @@ LightGBM (one thread per fold) on a synthetic ~100k x 40 binary table, K folds:
 - Ray by hand (ray.put + one remote task per fold), what a Ray user writes instead,
 - a sequential loop over the same folds.
 The MLflow store is created before the timed runs (a user's store exists already).
+Each side also gets its whole-process wall (interpreter, imports, Ray start-up and teardown)
+and its driver's CPU seconds, and a warm loop: one process per side making repeated calls
+with workers and data kept, as a notebook iterating on ideas does.
 Also: orchestration overhead per fold task (a model that does ~nothing, many folds), and
 peak memory (PSS of this process and all its descendants: Ray/loky workers, plasma) for 2
 and 8 folds, to show the dataset is held once however many folds run.
 
-Usage: python benchmarks/cv_parallel.py [--rows 100000] [--features 40] [--folds 5] [--out benchmarks/out]
+Usage: python benchmarks/cv_parallel.py [--rows 100000] [--features 40] [--folds 5] [--repeats 3]
+       [--warm-rounds 3] [--warm-calls 2] [--out benchmarks/out]
 Prints a markdown table; paste it into benchmarks/RESULTS.md.
 """
 
@@ -132,6 +136,69 @@ print(json.dumps(s | {"driver_cpu": time.process_time() - cpu}))
 """
 
 
+# The loop a user iterates in (a notebook: data in memory, workers kept, one idea per call):
+# every side makes one untimed warm-up call, then `n` timed calls, each with a new reg_lambda
+# (a changed param, so every fold is refitted; compute is unchanged). foldwise keeps its cache on,
+# as a user's does: the data, checks and fold plan come from it after the first call.
+WARM_JOBLIB_SCRIPT = """
+import json, sys, time
+import lightgbm as lgb, pandas as pd
+from sklearn.model_selection import StratifiedKFold, cross_val_predict
+frame = pd.read_parquet(sys.argv[1])
+X, y = frame.drop(columns=["target"]).to_numpy(), frame["target"].to_numpy()
+cv = StratifiedKFold(int(sys.argv[2]), shuffle=True, random_state=0)
+walls = []
+for i in range(1 + int(sys.argv[4])):
+    start = time.perf_counter()
+    model = lgb.LGBMClassifier(**json.loads(sys.argv[3]), reg_lambda=i * 1e-6, n_jobs=1, random_state=0)
+    cross_val_predict(model, X, y, cv=cv, n_jobs=2, method="predict_proba")
+    walls.append(time.perf_counter() - start)
+print(json.dumps(walls[1:]))
+"""
+
+WARM_RAY_SCRIPT = """
+import json, sys, time
+import lightgbm as lgb, numpy as np, pandas as pd
+from sklearn.model_selection import StratifiedKFold
+import ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+frame = pd.read_parquet(sys.argv[1])
+X, y = frame.drop(columns=["target"]).to_numpy(), frame["target"].to_numpy()
+X_ref, y_ref = ray.put(X), ray.put(y)
+
+@ray.remote(num_cpus=1)
+def fold(X, y, train, valid, params):
+    model = lgb.LGBMClassifier(**params, n_jobs=1, random_state=0).fit(X[train], y[train])
+    return valid, model.predict_proba(X[valid])[:, 1]
+
+splits = list(StratifiedKFold(int(sys.argv[2]), shuffle=True, random_state=0).split(X, y))
+walls = []
+for i in range(1 + int(sys.argv[4])):
+    start = time.perf_counter()
+    params = json.loads(sys.argv[3]) | {"reg_lambda": i * 1e-6}
+    oof = np.zeros(len(y))
+    for valid, pred in ray.get([fold.remote(X_ref, y_ref, tr, va, params) for tr, va in splits]):
+        oof[valid] = pred
+    walls.append(time.perf_counter() - start)
+print(json.dumps(walls[1:]))
+"""
+
+WARM_FOLDWISE_SCRIPT = """
+import json, os, sys, time
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+import ray
+from workflows.cv import run_cv
+ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
+walls = []
+for i in range(1 + int(sys.argv[4])):
+    start = time.perf_counter()
+    run_cv(sys.argv[1], overrides=[f"models.0.params.reg_lambda={i * 1e-6}"], out=f"{sys.argv[2]}-{i}",
+           tracking_uri=sys.argv[3], cache_root=sys.argv[2] + "-cache")
+    walls.append(time.perf_counter() - start)
+print(json.dumps(walls[1:]))
+"""
+
+
 def _fresh_process(script: str, *argv: str) -> tuple[str, float]:
     """Run `script` in a new Python (as a user's own run would be): its last stdout line, and the
     whole process's wall seconds (interpreter start, imports, Ray start-up and teardown included)."""
@@ -158,6 +225,9 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=40)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3, help="rounds of joblib, Ray by hand and foldwise, alternated; medians reported")
+    ap.add_argument("--warm-rounds", type=int, default=3,
+                    help="rounds of the warm loop (each side: one process, a warm-up call, then --warm-calls timed calls); 0 skips it")
+    ap.add_argument("--warm-calls", type=int, default=2)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = ap.parse_args()
     out = args.out.resolve()
@@ -233,6 +303,15 @@ def main() -> None:
     whole_median = {k: statistics.median(v) for k, v in whole.items()}
     cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
 
+    # --- the warm loop, sides alternated by round
+    warm: dict[str, list[list[float]]] = {"joblib": [], "ray": [], "foldwise": []}
+    for r in range(args.warm_rounds):
+        common = (str(args.folds), json.dumps(LGBM_PARAMS), str(args.warm_calls))
+        warm["joblib"].append(json.loads(_fresh_process(WARM_JOBLIB_SCRIPT, str(data_path), *common)[0]))
+        warm["ray"].append(json.loads(_fresh_process(WARM_RAY_SCRIPT, str(data_path), *common)[0]))
+        warm["foldwise"].append(json.loads(_fresh_process(WARM_FOLDWISE_SCRIPT, str(fw_spec), str(out / f"warm-{r}"), uri,
+                                                          str(args.warm_calls))[0]))
+
     # --- in this process from here on: a 2-CPU local Ray for the overhead and memory figures
     import ray
 
@@ -274,6 +353,21 @@ def main() -> None:
     print("driver CPU: the parent process's user+system seconds over its timed part (Ray by hand and foldwise "
           "include their Ray start-up's share); the fold work runs in worker processes and is not counted.")
     print()
+    if args.warm_rounds:
+        per_round = {k: [statistics.median(calls) for calls in v] for k, v in warm.items()}
+        med = {k: statistics.median([w for calls in v for w in calls]) for k, v in warm.items()}
+        print(f"warm loop ({args.warm_rounds} alternated rounds; each side one process: a warm-up call, then "
+              f"{args.warm_calls} timed calls with a changed reg_lambda, every fold refitted; foldwise's cache on)\n")
+        print("| each call, workers and data kept | wall s | vs joblib |")
+        print("|---|---:|---:|")
+        for key, label in (("joblib", "cross_val_predict(n_jobs=2), loky workers reused"),
+                           ("ray", "Ray by hand, data put once"), ("foldwise", "run_cv on a running Ray (checks, MLflow, outputs)")):
+            print(f"| {label} | {med[key]:.2f} | {med[key] / med['joblib']:.2f}x |")
+        print()
+        print("calls per round (s): " + "; ".join(f"{k} " + " / ".join(", ".join(f"{w:.2f}" for w in calls) for calls in v)
+                                             for k, v in warm.items())
+              + "; foldwise / joblib per round " + ", ".join(f"{f / j:.2f}" for f, j in zip(per_round["foldwise"], per_round["joblib"], strict=True)))
+        print()
     print(f"{args.repeats} alternated rounds: joblib {', '.join(f'{w:.2f}' for w in joblib_walls)} s; Ray by hand "
           f"{', '.join(f'{w:.2f}' for w in ray_walls)} s (start-up {', '.join(f'{w:.2f}' for w in ray_startups)} s); foldwise "
           f"{', '.join(f'{w:.2f}' for w in fw_walls)} s; foldwise / joblib per round {', '.join(f'{x:.2f}' for x in ratios)} "
