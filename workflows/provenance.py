@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
 import subprocess
 from collections.abc import Sequence
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 
 import tasks
 from tasks.models import BUILTIN_MODEL_TYPES, ModelConfig
+from tasks.source import installed_version, library_versions, source_hash
 
 
 @cache
@@ -29,18 +28,6 @@ def git_commit() -> str:
 COMMON_LIBRARIES = ("numpy", "pandas", "pyarrow", "scikit-learn")
 MODEL_LIBRARIES = {"sklearn": (), "lightgbm": ("lightgbm",), "torch_mlp": ("torch",),
                    "torch_image": ("torch", "timm", "albumentations", "opencv-python-headless", "pillow")}
-
-
-@cache
-def library_versions(names: tuple[str, ...]) -> tuple[str, ...]:
-    """'name==version' for each installed distribution, 'name absent' for the others."""
-    out = []
-    for name in names:
-        try:
-            out.append(f"{name}=={metadata.version(name)}")
-        except metadata.PackageNotFoundError:
-            out.append(f"{name} absent")
-    return tuple(out)
 
 
 @cache
@@ -63,41 +50,11 @@ def adapter_version(model_type: str, estimator: str | None = None) -> str:
     if model_type in BUILTIN_MODEL_TYPES:
         parts += library_versions(MODEL_LIBRARIES.get(model_type, ()))
     else:
-        parts.append(_source_hash(model_type.partition(":")[0].split(".")[0]))
+        parts.append(source_hash(model_type.partition(":")[0].split(".")[0]))
     if estimator:
         top_level = estimator.rpartition(".")[0].split(".")[0]
-        parts.append(_installed_version(top_level) or f"{top_level} source {_source_hash(top_level)}")
+        parts.append(installed_version(top_level) or f"{top_level} source {source_hash(top_level)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12] if parts else ""
-
-
-def _source_hash(top_level: str) -> str:
-    """Hash of the .py files (names and bytes) of a top-level package, recursively, or of the
-    folder holding a top-level module. Not cached: a notebook's edits between runs count."""
-    module = importlib.import_module(top_level)
-    if getattr(module, "__path__", None):  # a package: every file under its folder(s)
-        folders = [Path(f) for f in module.__path__]
-        files = [(folder, p) for folder in folders for p in sorted(folder.rglob("*.py"))]
-    elif getattr(module, "__file__", None):
-        folder = Path(module.__file__).parent
-        files = [(folder, p) for p in sorted(folder.glob("*.py"))]
-    else:  # built in: nothing to edit
-        files = []
-    h = hashlib.sha256(top_level.encode())
-    for folder, path in files:
-        h.update(path.relative_to(folder).as_posix().encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
-
-
-@cache
-def _installed_version(top_level: str) -> str | None:
-    """'name version' of an installed top-level package (sklearn, xgboost...): its __version__, else
-    the version of the distribution that installs it; None for a user's own module (no version)."""
-    version = getattr(importlib.import_module(top_level), "__version__", None)
-    if isinstance(version, str):
-        return f"{top_level} {version}"
-    dists = metadata.packages_distributions().get(top_level)  # slow (reads every installed package's metadata)
-    return " ".join(library_versions(tuple(sorted(dists)))) if dists else None
 
 
 def code_version(models: Sequence[ModelConfig] = ()) -> str:

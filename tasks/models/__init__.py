@@ -91,10 +91,15 @@ class Model(Protocol):
 
 
 def resolve_model_class(type_name: str) -> type:
-    """A builtin name or 'package.module:ClassName' -> the adapter class."""
-    path = BUILTIN_MODEL_TYPES.get(type_name, type_name)
-    module_name, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
+    """A builtin name or 'package.module:ClassName' -> the adapter class (a user's, as its
+    source is now: see tasks.source.import_fresh)."""
+    if type_name in BUILTIN_MODEL_TYPES:
+        module_name, _, attr = BUILTIN_MODEL_TYPES[type_name].partition(":")
+        return getattr(importlib.import_module(module_name), attr)
+    from tasks.source import import_fresh
+
+    module_name, _, attr = type_name.partition(":")
+    return getattr(import_fresh(module_name), attr)
 
 
 def create_model(config: ModelConfig, ctx: FitContext) -> Model:

@@ -10,10 +10,14 @@ import pandas as pd
 
 from tasks.features import column_kinds, preprocessor
 from tasks.models import FitContext, ModelConfig
+from tasks.source import import_fresh, installed_version
 
 
 def estimator_class(path: str) -> type:
+    """The estimator class; from a user's own (uninstalled) module as its source is now."""
     module_name, _, attr = path.replace(":", ".").rpartition(".")
+    if installed_version(module_name.split(".")[0]) is None:
+        return getattr(import_fresh(module_name), attr)
     return getattr(importlib.import_module(module_name), attr)
 
 

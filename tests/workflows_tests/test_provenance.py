@@ -7,6 +7,7 @@ libraries the model computes with, and a user adapter's whole package (its helpe
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -118,10 +119,86 @@ def test_a_rerun_refits_a_user_model_after_its_helper_changed(user_package, tmp_
     path.write_text(yaml.safe_dump(spec))
     kw = {"tracking_uri": f"sqlite:///{tmp_path / 'm.db'}", "cache_root": str(tmp_path / "cache"),
           "executor": "local"}
-    first = run_cv(path, out=tmp_path / "o1", **kw).summary
+    first_run = run_cv(path, out=tmp_path / "o1", **kw)
     again = run_cv(path, out=tmp_path / "o2", **kw).summary
     (folder / "helpers.py").write_text("SCALE = 0.01\n")
-    edited = run_cv(path, out=tmp_path / "o3", **kw).summary
+    edited_run = run_cv(path, out=tmp_path / "o3", **kw)
+    first, edited = first_run.summary, edited_run.summary
     assert first["models"]["user"]["cached"] == [False] * 3
     assert again["models"]["user"]["cached"] == [True] * 3
     assert edited["models"]["user"]["cached"] == [False] * 3
+    # refitted with the edited helper (C=0.01 shrinks the probabilities), not the module imported before
+    assert not np.allclose(first_run.oof["user"], edited_run.oof["user"])
+
+
+SIGNED = '''
+import os
+
+import numpy as np
+
+from {pkg}.helpers import SIGN
+
+
+class Model:
+    """Scores rows by column a, signed by the helper; logs the pid of each fit."""
+
+    def __init__(self, config, ctx):
+        self.log = config.params["log"]
+
+    def fit(self, X, y):
+        with open(self.log, "a") as f:
+            f.write(f"{{os.getpid()}}\\n")
+
+    def predict(self, X):
+        return 0.5 + 0.1 * SIGN * np.tanh(X["a"].to_numpy())
+'''
+
+NOTEBOOK = """
+import json, pathlib, sys
+import ray
+ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+from workflows.cv import run_cv
+spec, helpers, out = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+kw = dict(tracking_uri=f"sqlite:///{out / 'm.db'}", cache_root=str(out / "cache"))
+before = run_cv(spec, out=out / "o1", **kw)
+helpers.write_text("SIGN = -1.0\\n")  # the user edits a helper between two calls
+after = run_cv(spec, out=out / "o2", **kw)
+print(json.dumps({"before": before.cv_score, "after": after.cv_score,
+                  "cached": after.summary["models"]["user"]["cached"]}))
+"""
+
+
+def test_a_reused_ray_worker_fits_the_edited_source_not_the_module_it_imported(tmp_path: Path) -> None:
+    """A notebook keeps Ray up and edits its adapter's helper between two run_cv calls. One worker
+    (num_cpus=1, in a subprocess: its own Ray) fits every fold of both calls; the second call's
+    folds must come from the edited source: the sign flip turns AUC a into 1 - a."""
+    import json
+    import subprocess
+
+    name = f"nbpkg_{tmp_path.name.replace('-', '_')}"
+    root = tmp_path / "src"
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    (root / name / "helpers.py").write_text("SIGN = 1.0\n")
+    (root / name / "model.py").write_text(SIGNED.format(pkg=name))
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 2))
+    frame = pd.DataFrame(X, columns=["a", "b"]).assign(target=(X[:, 0] + rng.normal(size=200) > 0).astype(int))
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    log = tmp_path / "fits.log"
+    spec = {"name": "notebook-edit", "data": {"train": str(tmp_path / "d.csv"), "target": "target"},
+            "metric": "roc_auc", "cv": {"scheme": "stratified", "folds": 3, "seed": 0},
+            "models": [{"name": "user", "type": f"{name}.model:Model", "params": {"log": str(log)}}]}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               RAY_DEDUP_LOGS="0")
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(path), str(root / name / "helpers.py"), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    pids = log.read_text().split()
+    assert len(pids) == 6 and len(set(pids)) == 1, "one worker fitted every fold of both calls"
+    assert result["cached"] == [False] * 3, "the edit changed the folds' keys"
+    assert result["before"] > 0.6
+    assert result["after"] == pytest.approx(1 - result["before"], abs=1e-9), "the edited helper's sign, not the old one"
