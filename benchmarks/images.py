@@ -101,10 +101,9 @@ def bench(dataset: str, table: Path | None, args: argparse.Namespace, gpu: bool,
     import ray
 
     from tasks.data import prepare_data
-    from tasks.folds import plan_folds
     from tasks.train import train_fold
     from workflows.check import validate_inputs
-    from workflows.cv import model_config, run_cv
+    from workflows.cv import fold_plan, model_config, run_cv
     from workflows.spec import load_spec
 
     rows = []
@@ -113,7 +112,7 @@ def bench(dataset: str, table: Path | None, args: argparse.Namespace, gpu: bool,
     spec = load_spec(spec_for(dataset, table, args, shares[0], gpu))
     inputs = validate_inputs(spec)
     data = prepare_data(inputs.data)
-    plan = plan_folds(data, inputs.scheme, spec.cv.folds, spec.cv.seed)
+    plan = fold_plan(spec, inputs)
     config = model_config(spec.models[0])
     # one core per fold in the loop on CPU would undersell it: give it all the CPUs a run gets
     config = dataclasses.replace(config, cpus=float(args.cpus_per_fold if gpu else os.cpu_count()))

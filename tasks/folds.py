@@ -10,7 +10,6 @@ import hashlib
 from dataclasses import dataclass
 
 import numpy as np
-from tasks.data import PreparedData
 from sklearn.model_selection import (
     BaseCrossValidator,
     GroupKFold,
@@ -94,7 +93,3 @@ def fold_problem(y: np.ndarray, groups: np.ndarray | None, scheme: str, n_folds:
             return f"data.groups has {n_groups} distinct group(s), fewer than cv.folds={n_folds}"
     return None
 
-
-def plan_folds(data: PreparedData, scheme: str, n_folds: int, seed: int) -> FoldPlan:
-    """The fold plan of a prepared dataset (a DAG node: computed once, shared by every fold task)."""
-    return assign_folds(data.y, data.groups, scheme, n_folds, seed)

@@ -276,8 +276,8 @@ def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelC
     if "plan" in sub.new:
         cache.put("plan", keys.plan, plan)
     if data is None:
-        data = ex.get(sub.prepared)
-    if data is not sub.data or "data" in sub.new:  # made by the prepare task or on the driver: cache it
+        data = ex.get(sub.prepared)  # the prepare task's
+    if sub.data is None or "data" in sub.new:  # made by the prepare task or on the driver: cache it
         cache.put("data", keys.data, data)
     phases["prepare"] = time.perf_counter() - tick
     tick = time.perf_counter()

@@ -15,6 +15,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
+from tasks.source import import_fresh
+
 # Lazy import paths, so that loading a spec never imports torch or lightgbm needlessly.
 BUILTIN_MODEL_TYPES: dict[str, str] = {
     "sklearn": "tasks.models.sklearn_model:SklearnModel",
@@ -96,8 +98,6 @@ def resolve_model_class(type_name: str) -> type:
     if type_name in BUILTIN_MODEL_TYPES:
         module_name, _, attr = BUILTIN_MODEL_TYPES[type_name].partition(":")
         return getattr(importlib.import_module(module_name), attr)
-    from tasks.source import import_fresh
-
     module_name, _, attr = type_name.partition(":")
     return getattr(import_fresh(module_name), attr)
 

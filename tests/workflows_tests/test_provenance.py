@@ -40,15 +40,22 @@ class Model:
 '''
 
 
+def write_package(root: Path, name: str, helpers: str, model: str) -> Path:
+    """A user's adapter package under `root`: `<name>.model` (the template, formatted with the
+    package name) imports `<name>.helpers`. Returns its folder."""
+    (root / name).mkdir(parents=True)
+    (root / name / "__init__.py").write_text("")
+    (root / name / "helpers.py").write_text(helpers)
+    (root / name / "model.py").write_text(model.format(pkg=name))
+    return root / name
+
+
 @pytest.fixture
 def user_package(tmp_path: Path, monkeypatch):
     """A user's adapter package on sys.path: `<name>.model:Model` imports `<name>.helpers`."""
     name = f"userpkg_{tmp_path.name.replace('-', '_')}"
     root = tmp_path / "src"
-    (root / name).mkdir(parents=True)
-    (root / name / "__init__.py").write_text("")
-    (root / name / "helpers.py").write_text("SCALE = 1.0\n")
-    (root / name / "model.py").write_text(ADAPTER.format(pkg=name))
+    write_package(root, name, "SCALE = 1.0\n", ADAPTER)
     monkeypatch.syspath_prepend(str(root))
     importlib.invalidate_caches()
     yield name, root / name
@@ -177,10 +184,7 @@ def test_a_reused_ray_worker_fits_the_edited_source_not_the_module_it_imported(t
 
     name = f"nbpkg_{tmp_path.name.replace('-', '_')}"
     root = tmp_path / "src"
-    (root / name).mkdir(parents=True)
-    (root / name / "__init__.py").write_text("")
-    (root / name / "helpers.py").write_text("SIGN = 1.0\n")
-    (root / name / "model.py").write_text(SIGNED.format(pkg=name))
+    folder = write_package(root, name, "SIGN = 1.0\n", SIGNED)
     rng = np.random.default_rng(1)
     X = rng.normal(size=(200, 2))
     frame = pd.DataFrame(X, columns=["a", "b"]).assign(target=(X[:, 0] + rng.normal(size=200) > 0).astype(int))
@@ -193,7 +197,7 @@ def test_a_reused_ray_worker_fits_the_edited_source_not_the_module_it_imported(t
     path.write_text(yaml.safe_dump(spec))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                RAY_DEDUP_LOGS="0")
-    done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(path), str(root / name / "helpers.py"), str(tmp_path)],
+    done = subprocess.run([sys.executable, "-c", NOTEBOOK, str(path), str(folder / "helpers.py"), str(tmp_path)],
                           capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
