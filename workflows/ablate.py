@@ -48,15 +48,19 @@ from workflows import tracking as tk
 from workflows.cache import Cache, key_of
 from workflows.check import InputError, Inputs, usable_tracking_uri, validate_inputs
 from workflows.cv import (
+    MLFLOW_SETUP_WAIT_S,
+    FoldLog,
     _assemble_oof,
     _collect,
     _ensemble,
     _submit,
     model_config,
+    set_up_when,
     node_keys,
 )
 from workflows.executor import LazyExecutor, Slot, TaskFailed
-from workflows.failures import RunFailed, describe_failure, marks_run_failed
+from workflows.failures import OpenRuns, RunFailed, describe_failure, marks_runs_failed
+from workflows.idle import on_idle_thread
 from workflows.provenance import code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
@@ -126,22 +130,35 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     except TaskFailed as e:
         ex.close()
         raise RunFailed(describe_failure(e, spec), None) from None
-    tracker = tk.Tracker(uri, spec.experiment)
-    tracker.fail_abandoned_runs()
-    tags = {tk.TAG_COMMAND: "ablate", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
-    parent = tracker.start_run(f"ablate-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
-    children = {v.name: tracker.start_run(v.name, {**tags, tk.TAG_ABLATION_VARIANT: v.name}
-                                          | ({tk.TAG_ABLATION_DROPPED: v.dropped} if v.dropped else {}),
-                                          parent_id=parent) for v in variants}
-    with marks_run_failed(tracker, parent, children.values(), ex, spec):
+
+    def open_runs() -> OpenRuns:
+        tracker = tk.Tracker(uri, spec.experiment)
+        tracker.fail_abandoned_runs()
+        tags = {tk.TAG_COMMAND: "ablate", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
+        parent = tracker.start_run(f"ablate-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
+        children = {v.name: tracker.start_run(v.name, {**tags, tk.TAG_ABLATION_VARIANT: v.name}
+                                              | ({tk.TAG_ABLATION_DROPPED: v.dropped} if v.dropped else {}),
+                                              parent_id=parent) for v in variants}
         tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json"))
                     | {"task": inputs.task, "metric": inputs.metric, "cv.scheme": inputs.scheme,
                        "ablation.groups": ",".join(v.name for v in variants[1:]), "ablation.bootstrap": n_boot,
                        "ablation.repeats": repeats})
-        dag = _run_dag(ex, cache, sub, spec, inputs, base, variants, nodes, fit_models, keys, tracker, children,
+        return OpenRuns(tracker, parent, children)
+
+    def log_fold(runs: OpenRuns, r: FoldResult) -> None:
+        v, m = nodes[r.model]
+        runs.tracker.log_step(runs.children[v.name], f"{tk.M_FOLD_SCORE}.{m.name}", r.score, step=r.fold)
+
+    # MLflow is set up on a CPU the folds leave free, as in `foldwise run` (see cv.run_cv)
+    runs = on_idle_thread(open_runs, name="foldwise-mlflow-setup", wait_at_most=MLFLOW_SETUP_WAIT_S)
+    with marks_runs_failed(runs, ex, spec):
+        log = FoldLog(runs, log_fold)
+        dag = _run_dag(ex, cache, sub, spec, inputs, base, variants, nodes, fit_models, keys, log, set_up_when(runs),
                        progress, n_boot, repeats)
-        return _finish(spec, inputs, base, variants, dag, ex, tracker, parent, children, out, n_boot, repeats,
-                       wall_start, phases | dag.phases)
+        opened = runs.result()
+        log.flush()
+        return _finish(spec, inputs, base, variants, dag, ex, opened.tracker, opened.parent, dict(opened.children), out,
+                       n_boot, repeats, wall_start, phases | dag.phases)
 
 
 # --------------------------------------------------------------------------- the variants
@@ -217,15 +234,10 @@ class AblationDag:
 
 def _run_dag(ex: CountingExecutor, cache: Cache, sub: Any, spec: WorkflowSpec, inputs: Inputs,
              base: list[ModelConfig], variants: list[Variant], nodes: dict[str, tuple[Variant, ModelConfig]],
-             fit_models: list[ModelConfig], keys: Any, tracker: tk.Tracker, children: dict[str, str],
-             progress: bool, n_boot: int, repeats: int) -> AblationDag:
+             fit_models: list[ModelConfig], keys: Any, log_fold: Callable[[FoldResult], None],
+             on_slots: Callable[[float, float], None], progress: bool, n_boot: int, repeats: int) -> AblationDag:
     """Folds (cached or fitted) -> one ensemble per variant -> importance on the baseline -> paired statistics."""
-
-    def log_fold(r: FoldResult) -> None:
-        v, m = nodes[r.model]
-        tracker.log_step(children[v.name], f"{tk.M_FOLD_SCORE}.{m.name}", r.score, step=r.fold)
-
-    data, plan, folds, phases = _collect(ex, cache, sub, fit_models, keys, log_fold, progress)
+    data, plan, folds, phases = _collect(ex, cache, sub, fit_models, keys, log_fold, progress, on_slots)
     tick = time.perf_counter()
     ens_names = spec.ensemble.models or [m.name for m in base]
     by_name = {m.name: m for m in base}

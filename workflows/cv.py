@@ -11,6 +11,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,8 +39,9 @@ from workflows import tracking as tk
 from workflows.check import InputError, Inputs, data_warnings, usable_tracking_uri, validate_inputs
 from workflows.cache import Cache, key_of, source_stamp
 from workflows.executor import LazyExecutor, Slot, TaskFailed
-from workflows.failures import RunFailed, describe_failure, marks_run_failed
+from workflows.failures import OpenRuns, RunFailed, describe_failure, marks_runs_failed
 from workflows.fold_runs import log_fold_run
+from workflows.idle import IdleWork, on_idle_thread
 from workflows.provenance import adapter_version, code_version, git_commit, tasks_version
 from workflows.spec import WorkflowSpec, load_spec, to_yaml
 
@@ -113,21 +115,88 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
     except TaskFailed as e:
         ex.close()
         raise RunFailed(describe_failure(e, spec), None) from None
-    tick = time.perf_counter()
+    # MLflow is set up (imported, store opened, runs started) on a thread while the folds run, when it
+    # costs them least (see set_up_when): fold results finished before that wait for it in `log`.
+    runs = on_idle_thread(lambda: _open_runs(uri, spec, inputs, models, version, run_name, parent_run_id),
+                          name="foldwise-mlflow-setup", wait_at_most=MLFLOW_SETUP_WAIT_S)
+    with marks_runs_failed(runs, ex, spec):
+        log = FoldLog(runs, _log_fold)
+        result = _gather(ex, cache, dag, spec, inputs, models, keys, log, progress, on_slots=set_up_when(runs))
+        tick = time.perf_counter()
+        opened = runs.result()
+        log.flush()
+        phases |= {"tracking_setup": runs.seconds, "tracking_wait": time.perf_counter() - tick}
+        return _finish(spec, inputs, models, result, opened.tracker, opened.parent, dict(opened.children), out,
+                       ex.startup_seconds, wall_start, phases | result.phases | cache.io_seconds(), warnings)
+
+
+def _open_runs(uri: str, spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], version: str,
+               run_name: str | None, parent_run_id: str | None) -> OpenRuns:
+    """The run's MLflow runs: a parent (the spec's params) and one child per model."""
     tracker = tk.Tracker(uri, spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "run", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
     parent = tracker.start_run(run_name or f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags,
                                parent_id=parent_run_id)
     children = {m.name: tracker.start_run(m.name, {**tags, tk.TAG_MODEL: m.name}, parent_id=parent) for m in models}
-    phases["tracking_setup"] = time.perf_counter() - tick
-    with marks_run_failed(tracker, parent, children.values(), ex, spec):
-        tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {"task": inputs.task,
-                                                                                  "metric": inputs.metric,
-                                                                                  "cv.scheme": inputs.scheme})
-        result = _gather(ex, cache, dag, spec, inputs, models, keys, tracker, children, progress)
-        return _finish(spec, inputs, models, result, tracker, parent, children, out, ex.startup_seconds,
-                       wall_start, phases | result.phases | cache.io_seconds(), warnings)
+    tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {"task": inputs.task, "metric": inputs.metric,
+                                                                         "cv.scheme": inputs.scheme})
+    return OpenRuns(tracker, parent, children)
+
+
+# How long the MLflow set-up waits for a free CPU before it runs anyway (at idle priority): the
+# latest the run can appear in the MLflow UI after its folds start, plus the set-up itself.
+MLFLOW_SETUP_WAIT_S = 20.0
+
+
+def set_up_when(work: IdleWork) -> Callable[[float, float], None]:
+    """When to start `work` (the MLflow set-up), told the CPUs the unfinished folds need and the
+    cluster's: on the first free CPU, at idle priority, so it costs the folds nothing; but right
+    away at normal priority when the folds fill every CPU to the end (equal rounds: no CPU frees
+    before the last fold ends, and the set-up would only add its seconds after them)."""
+    first = True
+
+    def on_slots(busy: float, capacity: float) -> None:
+        nonlocal first
+        if busy < capacity:
+            work.start_now()
+        elif first and (capacity <= 0 or _fills_to_the_end(busy, capacity)):
+            work.start_now(lower=False)
+        first = False
+
+    return on_slots
+
+
+def _fills_to_the_end(busy: float, capacity: float) -> bool:
+    """Folds needing `busy` CPUs run in rounds of `capacity` with no partial last round (equal-length
+    folds assumed: the only knowledge there is before any fold ends)."""
+    rest = busy % capacity
+    return rest < 1e-9 or capacity - rest < 1e-9
+
+
+class FoldLog:
+    """Hands each fold result to `write` with the open runs as it finishes; results that finish
+    before the runs are open wait here until they are (the next fold, or `flush` once all are in)."""
+
+    def __init__(self, runs: Future[OpenRuns], write: Callable[[OpenRuns, FoldResult], None]) -> None:
+        self.runs, self.write = runs, write
+        self.pending: list[FoldResult] = []
+
+    def __call__(self, result: FoldResult) -> None:
+        self.pending.append(result)
+        if self.runs.done():
+            self.flush()
+
+    def flush(self) -> None:
+        opened = self.runs.result()
+        for r in self.pending:
+            self.write(opened, r)
+        self.pending.clear()
+
+
+def _log_fold(runs: OpenRuns, r: FoldResult) -> None:
+    runs.tracker.log_step(runs.children[r.model], tk.M_FOLD_SCORE, r.score, step=r.fold)
+    log_fold_run(runs.tracker, runs.children[r.model], r)
 
 
 def _data_warnings(cache: Cache, spec: WorkflowSpec, inputs: Inputs, keys: NodeKeys
@@ -248,15 +317,10 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
 
 
 def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, inputs: Inputs,
-            models: list[ModelConfig], keys: NodeKeys, tracker: tk.Tracker, children: dict[str, str],
-            progress: bool) -> DagOutput:
-    """Collect fold results as they finish (each logged to its model's run at once), then blend on OOF only."""
-
-    def log_fold(r: FoldResult) -> None:
-        tracker.log_step(children[r.model], tk.M_FOLD_SCORE, r.score, step=r.fold)
-        log_fold_run(tracker, children[r.model], r)
-
-    data, plan, done, phases = _collect(ex, cache, sub, models, keys, log_fold, progress)
+            models: list[ModelConfig], keys: NodeKeys, log_fold: Callable[[FoldResult], None],
+            progress: bool, on_slots: Callable[[float, float], None] | None = None) -> DagOutput:
+    """Collect fold results as they finish (each handed to `log_fold` at once), then blend on OOF only."""
+    data, plan, done, phases = _collect(ex, cache, sub, models, keys, log_fold, progress, on_slots)
     tick = time.perf_counter()
     names = spec.ensemble.models or [m.name for m in models]
     ens, ens_was_cached = _ensemble(ex, cache, spec, inputs, keys, names, done, data, plan)
@@ -267,9 +331,13 @@ def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, 
 
 
 def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelConfig], keys: NodeKeys,
-             on_fold: Callable[[FoldResult], None], progress: bool
+             on_fold: Callable[[FoldResult], None], progress: bool,
+             on_slots: Callable[[float, float], None] | None = None
              ) -> tuple[PreparedData, FoldPlan, dict[str, list[FoldResult]], dict[str, float]]:
-    """Prepared data, fold plan and every fold result (each cached at once: a crash loses only work in flight)."""
+    """Prepared data, fold plan and every fold result (each cached at once: a crash loses only work in flight).
+
+    `on_slots(cpus, capacity)` hears, once the folds are submitted and after each one finishes,
+    the CPUs the folds still to finish need and the cluster's CPUs."""
     phases = {"submit": sub.seconds}
     tick = time.perf_counter()
     data, plan = sub.data, sub.plan
@@ -285,9 +353,17 @@ def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelC
     for (name, k), r in sub.cached.items():
         folds[name][k] = r
         on_fold(r)
+    cpus = {m.name: m.cpus for m in models}
+    busy = sum(cpus[name] for name, _ in sub.fits.values())
+    capacity = ex.cpus() if on_slots is not None else 0.0
     with _progress_bar(progress, len(keys.folds), done=len(sub.cached)) as bar:
         try:
+            if on_slots is not None:
+                on_slots(busy, capacity)
             for _, result in ex.as_completed(list(sub.fits)):
+                busy -= cpus[result.model]
+                if on_slots is not None:
+                    on_slots(busy, capacity)
                 cache.put("fold", keys.folds[(result.model, result.fold)], result)
                 folds[result.model][result.fold] = result
                 on_fold(result)

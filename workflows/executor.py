@@ -8,6 +8,7 @@ the same on both executors.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -115,6 +116,10 @@ class RayExecutor:
         self._names[ref] = label
         return ref
 
+    def cpus(self) -> float:
+        """The cluster's CPUs: more fold CPUs than this in flight means folds are waiting for slots."""
+        return float(self._ray.cluster_resources().get("CPU", 0.0))
+
     def put(self, value: Any) -> Any:
         """A value the driver already holds (e.g. from the cache), stored once for every task.
 
@@ -193,6 +198,10 @@ class LocalExecutor:
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> LocalHandle:
         return LocalHandle(fn, args, name or fn.__name__)
 
+    def cpus(self) -> float:
+        """Unbounded: folds run one at a time in this process, never waiting for a slot."""
+        return math.inf
+
     def put(self, value: Any) -> Any:
         return value
 
@@ -237,6 +246,10 @@ class LazyExecutor:
 
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
         return self._start().submit(fn, *args, slot=slot, name=name)
+
+    def cpus(self) -> float:
+        """The executor's CPUs; unbounded while it has not started (nothing runs, nothing waits)."""
+        return self._inner.cpus() if self._inner is not None else math.inf
 
     def put(self, value: Any) -> Any:
         return self._start().put(value)

@@ -6,11 +6,14 @@ memory monitor is not a bug in the fold, so it says so and names the spec keys t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from workflows.executor import TaskFailed, TaskOutOfMemory
+from workflows.idle import done
 from workflows.spec import WorkflowSpec
 from workflows.units import human_size
 
@@ -30,28 +33,59 @@ class _Closable(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class OpenRuns:
+    """A command's MLflow runs: the parent and its children (model name -> run id)."""
+
+    tracker: Tracker
+    parent: str
+    children: Mapping[str, str]
+
+
 @contextmanager
 def marks_run_failed(tracker: Tracker, parent: str, children: Iterable[str], ex: _Closable,
                      spec: WorkflowSpec | None = None) -> Iterator[None]:
     """The body of a command whose MLflow runs exist: any failure in it (a task, Ctrl-C, a bug)
     becomes RunFailed naming the parent run; the runs end FINISHED or FAILED (children still
     RUNNING too), and the executor is closed, whichever way the body ends."""
-    ok = False
-    try:
+    with marks_runs_failed(done(OpenRuns(tracker, parent, {run: run for run in children})), ex, spec):
         yield
-        ok = True
-    except TaskFailed as e:
-        raise RunFailed(describe_failure(e, spec), parent) from None
-    except KeyboardInterrupt:
-        raise RunFailed("interrupted", parent) from None
-    except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
-        raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
+
+
+@contextmanager
+def marks_runs_failed(runs: Future[OpenRuns], ex: _Closable, spec: WorkflowSpec | None = None) -> Iterator[None]:
+    """`marks_run_failed` for runs still being opened while the body runs (on an idle thread).
+
+    On a failure the executor is closed first (cancelled folds free the cores the opening may
+    be waiting for), then the runs are awaited and marked. If opening them failed, that error
+    is the failure reported, with no run to name."""
+    ok, message, cause = False, "", None
+    try:
+        try:
+            yield
+            ok = True
+        except TaskFailed as e:
+            message = describe_failure(e, spec)
+        except KeyboardInterrupt:
+            message = "interrupted"
+        except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
+            message, cause = f"{type(e).__name__}: {e}", e
     finally:
-        for run_id in children:
-            if tracker.run_status(run_id) == "RUNNING":
-                tracker.finish(run_id, ok)
-        tracker.finish(parent, ok)
         ex.close()
+        if (opened := _opened(runs)) is not None:
+            for run_id in opened.children.values():
+                if opened.tracker.run_status(run_id) == "RUNNING":
+                    opened.tracker.finish(run_id, ok)
+            opened.tracker.finish(opened.parent, ok)
+    if not ok:
+        raise RunFailed(message, opened.parent if opened is not None else None) from cause
+
+
+def _opened(runs: Future[OpenRuns]) -> OpenRuns | None:
+    try:
+        return runs.result()
+    except Exception:  # noqa: BLE001 - opening failed: the body reported that error, nothing to mark
+        return None
 
 
 def describe_failure(e: TaskFailed, spec: WorkflowSpec | None = None) -> str:

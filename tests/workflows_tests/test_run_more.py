@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tasks.ensemble import blend
 from tasks.folds import assign_folds
@@ -108,6 +109,27 @@ def test_user_adapter_by_import_path(ray_cluster, uri: str, tmp_path: Path) -> N
     assert 0.9 < s["models"]["mean_radius"]["cv_score"] < 0.97  # mean radius alone is a good, imperfect score
     assert s["ensemble"]["weights"] == {"mean_radius": 1.0}
     assert s["ensemble"]["cv_score"] == pytest.approx(s["models"]["mean_radius"]["cv_score"])
+
+
+def test_mlflow_set_up_waits_for_the_cpu_the_last_round_leaves_free(ray_cluster, uri: str, tmp_path: Path) -> None:
+    """5 one-CPU folds on 2 CPUs: the MLflow runs open only once a fold's CPU has nothing left to run
+    (after the 4th fold ended), not at the folds' expense; fold scores that came first are logged too."""
+    from mlflow.tracking import MlflowClient
+
+    spec = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    # each fold takes 1 s, longer than opening the runs takes: only waiting for the CPU puts them last
+    spec["models"] = [{"name": "logreg", "type": "tests.workflows_tests.adapters:SlowLogistic", "params": {"sleep": 1.0}}]
+    (tmp_path / "one.yaml").write_text(yaml.safe_dump(spec))
+    r = run_cv(tmp_path / "one.yaml", out=tmp_path / "out", tracking_uri=uri, no_cache=True)
+    assert not any(r.summary["models"]["logreg"]["cached"])
+    ends = sorted(f.ended for f in r.fold_results)
+    client = MlflowClient(uri)
+    parent = client.get_run(r.run_id)
+    assert parent.info.start_time / 1000 >= ends[3]
+    child = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{r.run_id}'")[0]
+    history = client.get_metric_history(child.info.run_id, "fold_score")
+    assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == r.summary["models"]["logreg"]["fold_scores"]
 
 
 def test_failing_fold_exits_1_and_marks_the_run_failed(ray_cluster, uri: str, tmp_path: Path, capsys) -> None:
