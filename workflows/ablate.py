@@ -104,7 +104,7 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     `repeats` the shuffles per group for permutation importance. Raises
     SpecError/InputError (nothing started, nothing logged) or RunFailed.
     """
-    wall_start = time.perf_counter()
+    wall_start, started = time.perf_counter(), time.time()
     if not isinstance(spec, WorkflowSpec):
         spec = load_spec(spec, overrides)
     spec = _only_models(spec, models)
@@ -135,10 +135,11 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
         tracker = tk.Tracker(uri, spec.experiment)
         tracker.fail_abandoned_runs()
         tags = {tk.TAG_COMMAND: "ablate", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
-        parent = tracker.start_run(f"ablate-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
+        parent = tracker.start_run(f"ablate-{datetime.fromtimestamp(started, timezone.utc):%Y%m%d-%H%M%S}", tags,
+                                   start_time=started)
         children = {v.name: tracker.start_run(v.name, {**tags, tk.TAG_ABLATION_VARIANT: v.name}
                                               | ({tk.TAG_ABLATION_DROPPED: v.dropped} if v.dropped else {}),
-                                              parent_id=parent) for v in variants}
+                                              parent_id=parent, start_time=started) for v in variants}
         tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json"))
                     | {"task": inputs.task, "metric": inputs.metric, "cv.scheme": inputs.scheme,
                        "ablation.groups": ",".join(v.name for v in variants[1:]), "ablation.bootstrap": n_boot,

@@ -95,7 +95,7 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
     and the MLflow run. `parent_run_id` nests the run under another command's MLflow run
     (a sweep's refit). Raises SpecError/InputError (nothing started, nothing logged) or RunFailed.
     """
-    wall_start = time.perf_counter()
+    wall_start, started = time.perf_counter(), time.time()
     if not isinstance(spec, WorkflowSpec):
         spec = load_spec(spec, overrides)
     inputs = validate_inputs(spec)
@@ -117,7 +117,7 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
         raise RunFailed(describe_failure(e, spec), None) from None
     # MLflow is set up (imported, store opened, runs started) on a thread while the folds run, when it
     # costs them least (see set_up_when): fold results finished before that wait for it in `log`.
-    runs = on_idle_thread(lambda: _open_runs(uri, spec, inputs, models, version, run_name, parent_run_id),
+    runs = on_idle_thread(lambda: _open_runs(uri, spec, inputs, models, version, run_name, parent_run_id, started),
                           name="foldwise-mlflow-setup", wait_at_most=MLFLOW_SETUP_WAIT_S)
     with marks_runs_failed(runs, ex, spec):
         log = FoldLog(runs, _log_fold)
@@ -131,14 +131,16 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
 
 
 def _open_runs(uri: str, spec: WorkflowSpec, inputs: Inputs, models: list[ModelConfig], version: str,
-               run_name: str | None, parent_run_id: str | None) -> OpenRuns:
-    """The run's MLflow runs: a parent (the spec's params) and one child per model."""
+               run_name: str | None, parent_run_id: str | None, started: float) -> OpenRuns:
+    """The run's MLflow runs, dated from `started` (the command's start): a parent (the spec's
+    params) and one child per model."""
     tracker = tk.Tracker(uri, spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "run", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
-    parent = tracker.start_run(run_name or f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags,
-                               parent_id=parent_run_id)
-    children = {m.name: tracker.start_run(m.name, {**tags, tk.TAG_MODEL: m.name}, parent_id=parent) for m in models}
+    parent = tracker.start_run(run_name or f"run-{datetime.fromtimestamp(started, timezone.utc):%Y%m%d-%H%M%S}", tags,
+                               parent_id=parent_run_id, start_time=started)
+    children = {m.name: tracker.start_run(m.name, {**tags, tk.TAG_MODEL: m.name}, parent_id=parent, start_time=started)
+                for m in models}
     tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json")) | {"task": inputs.task, "metric": inputs.metric,
                                                                          "cv.scheme": inputs.scheme})
     return OpenRuns(tracker, parent, children)

@@ -88,11 +88,15 @@ class Tracker:
             experiment, artifact_location=_artifacts_beside(uri, experiment))
         self.experiment = experiment
 
-    def start_run(self, name: str, tags: Mapping[str, str], parent_id: str | None = None) -> str:
+    def start_run(self, name: str, tags: Mapping[str, str], parent_id: str | None = None,
+                  start_time: float | None = None) -> str:
+        """A new RUNNING run; `start_time` (unix seconds, default now) when the command began
+        before the run could be opened, so the run's duration in the UI is the command's."""
         all_tags = dict(tags)
         if parent_id:
             all_tags[TAG_PARENT] = parent_id
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags,
+                                     start_time=int(start_time * 1000) if start_time is not None else None)
         return run.info.run_id
 
     def log(self, run_id: str, params: Mapping[str, Any] | None = None, metrics: Mapping[str, float] | None = None,

@@ -113,9 +113,13 @@ def test_user_adapter_by_import_path(ray_cluster, uri: str, tmp_path: Path) -> N
 
 def test_mlflow_set_up_waits_for_the_cpu_the_last_round_leaves_free(ray_cluster, uri: str, tmp_path: Path) -> None:
     """5 one-CPU folds on 2 CPUs: the MLflow runs open only once a fold's CPU has nothing left to run
-    (after the 4th fold ended), not at the folds' expense; fold scores that came first are logged too."""
+    (after the 4th fold ended), not at the folds' expense; fold scores that came first are logged
+    then, and the runs are still dated from the command's start."""
     from mlflow.tracking import MlflowClient
 
+    from workflows.tracking import Tracker
+
+    Tracker(uri, "breast-cancer")  # MLflow imported, store and experiment made: opening the runs takes well under a fold
     spec = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
     # each fold takes 1 s, longer than opening the runs takes: only waiting for the CPU puts them last
     spec["models"] = [{"name": "logreg", "type": "tests.workflows_tests.adapters:SlowLogistic", "params": {"sleep": 1.0}}]
@@ -125,9 +129,11 @@ def test_mlflow_set_up_waits_for_the_cpu_the_last_round_leaves_free(ray_cluster,
     ends = sorted(f.ended for f in r.fold_results)
     client = MlflowClient(uri)
     parent = client.get_run(r.run_id)
-    assert parent.info.start_time / 1000 >= ends[3]
     child = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{r.run_id}'")[0]
     history = client.get_metric_history(child.info.run_id, "fold_score")
+    assert min(m.timestamp for m in history) / 1000 >= ends[3]  # the first score was written after the 4th fold
+    assert parent.info.start_time / 1000 <= min(f.started for f in r.fold_results)
+    assert child.info.start_time == parent.info.start_time
     assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == r.summary["models"]["logreg"]["fold_scores"]
 
