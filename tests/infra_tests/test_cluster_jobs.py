@@ -236,7 +236,10 @@ def test_outputs_and_cache_on_s3_are_shared(cluster, s3_server, s3_job, tmp_path
 def test_submit_without_wait_then_stop_marks_the_run_failed(cluster):
     from mlflow.tracking import MlflowClient
 
-    done = cluster.foldwise("submit", TWO_NODES, "--address", cluster.dashboard, "--", "--no-cache", timeout=120)
+    # folds of 10 s (30 s of work on 2 CPUs): still mid-run whenever its runs open (at once here,
+    # or once a CPU frees up) and however slowly this machine starts the job; stopped, it ends early
+    done = cluster.foldwise("submit", TWO_NODES, "--address", cluster.dashboard, "--", "--no-cache",
+                            "--set", "models.0.params.sleep=10", timeout=120)
     assert done.returncode == 0, done.stderr
     job = done.stdout.strip().splitlines()[-1]
     assert job == job_id_of(done) and job.startswith("foldwise-run-two-nodes-")
