@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from workflows.executor import TaskFailed, TaskOutOfMemory
-from workflows.idle import done
+from workflows.idle import IdleWork, done
 from workflows.spec import WorkflowSpec
 from workflows.units import human_size
 
@@ -53,12 +53,13 @@ def marks_run_failed(tracker: Tracker, parent: str, children: Iterable[str], ex:
 
 
 @contextmanager
-def marks_runs_failed(runs: Future[OpenRuns], ex: _Closable, spec: WorkflowSpec | None = None) -> Iterator[None]:
-    """`marks_run_failed` for runs still being opened while the body runs (on an idle thread).
+def marks_runs_failed(runs: IdleWork, ex: _Closable, spec: WorkflowSpec | None = None) -> Iterator[None]:
+    """`marks_run_failed` for runs still being opened while the body runs (see workflows.idle).
 
-    On a failure the executor is closed first (cancelled folds free the cores the opening may
-    be waiting for), then the runs are awaited and marked. If opening them failed, that error
-    is the failure reported, with no run to name."""
+    The runs are marked before the executor closes (a stopped job's driver has a deadline
+    before it is killed, and closing Ray can be slow); runs still waiting to open are opened
+    at once, at normal priority. If opening them failed, that error is the failure reported,
+    with no run to name."""
     ok, message, cause = False, "", None
     try:
         try:
@@ -71,12 +72,16 @@ def marks_runs_failed(runs: Future[OpenRuns], ex: _Closable, spec: WorkflowSpec 
         except Exception as e:  # noqa: BLE001 - any other failure still marks the run FAILED
             message, cause = f"{type(e).__name__}: {e}", e
     finally:
-        ex.close()
-        if (opened := _opened(runs)) is not None:
-            for run_id in opened.children.values():
-                if opened.tracker.run_status(run_id) == "RUNNING":
-                    opened.tracker.finish(run_id, ok)
-            opened.tracker.finish(opened.parent, ok)
+        opened = None
+        try:
+            runs.start_now(lower=False)
+            if (opened := _opened(runs)) is not None:
+                for run_id in opened.children.values():
+                    if opened.tracker.run_status(run_id) == "RUNNING":
+                        opened.tracker.finish(run_id, ok)
+                opened.tracker.finish(opened.parent, ok)
+        finally:
+            ex.close()
     if not ok:
         raise RunFailed(message, opened.parent if opened is not None else None) from cause
 
