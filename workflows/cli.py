@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -72,6 +74,15 @@ def failed(message: str, run_id: str | None = None) -> int:
     return EXIT_FAILED
 
 
+def interruptible() -> None:
+    """Ctrl-C and `foldwise stop` (SIGINT) end a command cleanly: its MLflow runs marked FAILED,
+    finished folds cached. A process started in the background by a script (`nohup foldwise
+    cluster up &`) inherits SIGINT ignored, and so would every Ray job driver of that cluster,
+    which `foldwise stop` could then only kill after its grace period, leaving runs RUNNING."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     # As with `python -m`, the working directory is importable, so `type: mypkg.models:MyAdapter`
     # finds the user's own code (Ray workers get the driver's working directory too).
@@ -80,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     first = next((w for w in words if not w.startswith("-")), None)
     args = build_parser(only=first if first in COMMANDS else "").parse_args(argv)
+    interruptible()
     try:
         return importlib.import_module(COMMANDS[args.command][0]).command(args)
     except KeyboardInterrupt:

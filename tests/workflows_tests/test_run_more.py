@@ -181,6 +181,36 @@ def test_cli_main_job_as_a_user_runs_it(tmp_path: Path) -> None:
     assert "ridge" in proc.stdout and "lgbm" in proc.stdout
 
 
+def test_sigint_ends_the_run_failed_even_when_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """`foldwise stop` sends SIGINT; a driver whose launcher ignored SIGINT (a cluster started with
+    `nohup ... &` hands that to its jobs) still ends as an interrupted run: exit 1, runs FAILED."""
+    import signal
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    spec = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    spec |= {"name": "sigint", "cv": {"scheme": "stratified", "folds": 4, "seed": 1}, "slices": {},
+             "models": [{"name": "slow", "type": "tests.workflows_tests.adapters:SlowLogistic", "params": {"sleep": 8.0}}]}
+    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'm.db'}"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("foldwise")), "run", str(tmp_path / "slow.yaml"),
+                             "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-cache", "--no-progress"],
+                            cwd=EXAMPLES.parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    client, deadline, running = MlflowClient(uri), time.monotonic() + 120, []
+    while not running:  # interrupt it mid-run, once its runs exist
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        experiment = client.get_experiment_by_name("sigint") if (tmp_path / "m.db").exists() else None
+        running = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'") if experiment else []
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "interrupted" in err, err[-2000:]
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FAILED"}
+
+
 def test_marks_run_failed_ends_every_run_and_closes_the_executor(tmp_path: Path) -> None:
     """The one failure path of run, ablate and check: FAILED runs, RunFailed naming the parent, executor closed."""
     from workflows import tracking as tk
