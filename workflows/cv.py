@@ -121,7 +121,7 @@ def run_cv(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (), ou
                           name="foldwise-mlflow-setup", wait_at_most=MLFLOW_SETUP_WAIT_S)
     with marks_runs_failed(runs, ex, spec):
         log = FoldLog(runs, _log_fold)
-        result = _gather(ex, cache, dag, spec, inputs, models, keys, log, progress, on_slots=set_up_when(runs))
+        result = _gather(ex, cache, dag, spec, inputs, models, keys, log, progress, set_up_when(runs))
         tick = time.perf_counter()
         opened = runs.result()
         log.flush()
@@ -320,7 +320,7 @@ def _submit(ex: LazyExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
 
 def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, inputs: Inputs,
             models: list[ModelConfig], keys: NodeKeys, log_fold: Callable[[FoldResult], None],
-            progress: bool, on_slots: Callable[[float, float], None] | None = None) -> DagOutput:
+            progress: bool, on_slots: Callable[[float, float], None]) -> DagOutput:
     """Collect fold results as they finish (each handed to `log_fold` at once), then blend on OOF only."""
     data, plan, done, phases = _collect(ex, cache, sub, models, keys, log_fold, progress, on_slots)
     tick = time.perf_counter()
@@ -333,8 +333,7 @@ def _gather(ex: LazyExecutor, cache: Cache, sub: Submitted, spec: WorkflowSpec, 
 
 
 def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelConfig], keys: NodeKeys,
-             on_fold: Callable[[FoldResult], None], progress: bool,
-             on_slots: Callable[[float, float], None] | None = None
+             on_fold: Callable[[FoldResult], None], progress: bool, on_slots: Callable[[float, float], None]
              ) -> tuple[PreparedData, FoldPlan, dict[str, list[FoldResult]], dict[str, float]]:
     """Prepared data, fold plan and every fold result (each cached at once: a crash loses only work in flight).
 
@@ -357,15 +356,13 @@ def _collect(ex: LazyExecutor, cache: Cache, sub: Submitted, models: list[ModelC
         on_fold(r)
     cpus = {m.name: m.cpus for m in models}
     busy = sum(cpus[name] for name, _ in sub.fits.values())
-    capacity = ex.cpus() if on_slots is not None else 0.0
+    capacity = ex.cpus()
     with _progress_bar(progress, len(keys.folds), done=len(sub.cached)) as bar:
         try:
-            if on_slots is not None:
-                on_slots(busy, capacity)
+            on_slots(busy, capacity)
             for _, result in ex.as_completed(list(sub.fits)):
                 busy -= cpus[result.model]
-                if on_slots is not None:
-                    on_slots(busy, capacity)
+                on_slots(busy, capacity)
                 cache.put("fold", keys.folds[(result.model, result.fold)], result)
                 folds[result.model][result.fold] = result
                 on_fold(result)
