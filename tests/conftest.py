@@ -3,7 +3,9 @@ run of the breast-cancer example that many tests read (Metaflow-style)."""
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +48,20 @@ def breast_cancer_run(ray_cluster, session_dir):
 
     uri = f"sqlite:///{session_dir / 'mlflow.db'}"
     return run_cv(EXAMPLES / "breast_cancer.yaml", out=session_dir / "bc-out", tracking_uri=uri)
+
+
+@pytest.fixture
+def toplevel_module(tmp_path: Path, monkeypatch):
+    """A user's top-level module `<name>` (class M) that imports K from the file beside it,
+    `<name>_util`, on sys.path: (name, folder). Both leave sys.modules afterwards."""
+    name = f"toplevel_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(f"from {name}_util import K\nclass M: ...\n")
+    (tmp_path / f"{name}_util.py").write_text("K = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    yield name, tmp_path
+    sys.modules.pop(name, None)
+    sys.modules.pop(f"{name}_util", None)
 
 
 def store_state(db: Path) -> bytes | None:

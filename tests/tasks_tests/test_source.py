@@ -47,19 +47,11 @@ def test_a_new_file_in_the_package_changes_its_hash(package) -> None:
     assert source_hash(name) != before
 
 
-def test_a_top_level_module_is_fresh_with_the_files_beside_it(tmp_path: Path, monkeypatch) -> None:
-    name = f"solo_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{name}.py").write_text(f"from {name}_util import K\n")
-    (tmp_path / f"{name}_util.py").write_text("K = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    try:
-        assert import_fresh(name).K == 1
-        (tmp_path / f"{name}_util.py").write_text("K = 333\n")
-        assert import_fresh(name).K == 333, "the sibling helper was dropped and imported again"
-    finally:
-        sys.modules.pop(name, None)
-        sys.modules.pop(f"{name}_util", None)
+def test_a_top_level_module_is_fresh_with_the_files_beside_it(toplevel_module) -> None:
+    name, folder = toplevel_module
+    assert import_fresh(name).K == 1
+    (folder / f"{name}_util.py").write_text("K = 333\n")
+    assert import_fresh(name).K == 333, "the sibling helper was dropped and imported again"
 
 
 def test_an_sklearn_estimator_from_a_users_module_is_the_edited_one(package) -> None:

@@ -82,19 +82,11 @@ def test_an_sklearn_estimator_from_a_users_own_package_is_versioned_by_its_sourc
     assert adapter_version("sklearn", f"{name}.helpers.Estimator") != before
 
 
-def test_a_top_level_module_adapter_covers_the_files_beside_it(tmp_path: Path, monkeypatch) -> None:
-    name = f"toplevel_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{name}.py").write_text(f"from {name}_util import K\nclass M: ...\n")
-    (tmp_path / f"{name}_util.py").write_text("K = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    try:
-        before = adapter_version(f"{name}:M")
-        (tmp_path / f"{name}_util.py").write_text("K = 2\n")
-        assert adapter_version(f"{name}:M") != before
-    finally:
-        sys.modules.pop(name, None)
-        sys.modules.pop(f"{name}_util", None)
+def test_a_top_level_module_adapter_covers_the_files_beside_it(toplevel_module) -> None:
+    name, folder = toplevel_module
+    before = adapter_version(f"{name}:M")
+    (folder / f"{name}_util.py").write_text("K = 2\n")
+    assert adapter_version(f"{name}:M") != before
 
 
 def test_library_versions_are_the_installed_ones_and_enter_the_key() -> None:

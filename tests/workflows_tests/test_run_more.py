@@ -111,6 +111,16 @@ def test_user_adapter_by_import_path(ray_cluster, uri: str, tmp_path: Path) -> N
     assert s["ensemble"]["cv_score"] == pytest.approx(s["models"]["mean_radius"]["cv_score"])
 
 
+def slow_spec(path: Path, sleep: float, **changes: object) -> Path:
+    """The breast-cancer example with one model, `slow`, whose folds each sleep `sleep` s before a
+    real logistic regression; `changes` replace top-level spec keys."""
+    spec = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
+    spec |= {"models": [{"name": "slow", "type": "tests.workflows_tests.adapters:SlowLogistic", "params": {"sleep": sleep}}],
+             **changes}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
 def test_mlflow_set_up_waits_for_the_cpu_the_last_round_leaves_free(ray_cluster, uri: str, tmp_path: Path) -> None:
     """5 one-CPU folds on 2 CPUs: the MLflow runs open only once a fold's CPU has nothing left to run
     (after the 4th fold ended), not at the folds' expense; fold scores that came first are logged
@@ -120,12 +130,9 @@ def test_mlflow_set_up_waits_for_the_cpu_the_last_round_leaves_free(ray_cluster,
     from workflows.tracking import Tracker
 
     Tracker(uri, "breast-cancer")  # MLflow imported, store and experiment made: opening the runs takes well under a fold
-    spec = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
     # each fold takes 1 s, longer than opening the runs takes: only waiting for the CPU puts them last
-    spec["models"] = [{"name": "logreg", "type": "tests.workflows_tests.adapters:SlowLogistic", "params": {"sleep": 1.0}}]
-    (tmp_path / "one.yaml").write_text(yaml.safe_dump(spec))
-    r = run_cv(tmp_path / "one.yaml", out=tmp_path / "out", tracking_uri=uri, no_cache=True)
-    assert not any(r.summary["models"]["logreg"]["cached"])
+    r = run_cv(slow_spec(tmp_path / "one.yaml", sleep=1.0), out=tmp_path / "out", tracking_uri=uri, no_cache=True)
+    assert not any(r.summary["models"]["slow"]["cached"])
     ends = sorted(f.ended for f in r.fold_results)
     client = MlflowClient(uri)
     parent = client.get_run(r.run_id)
@@ -135,7 +142,7 @@ def test_mlflow_set_up_waits_for_the_cpu_the_last_round_leaves_free(ray_cluster,
     assert parent.info.start_time / 1000 <= min(f.started for f in r.fold_results)
     assert child.info.start_time == parent.info.start_time
     assert sorted(m.step for m in history) == [0, 1, 2, 3, 4]
-    assert [m.value for m in sorted(history, key=lambda m: m.step)] == r.summary["models"]["logreg"]["fold_scores"]
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == r.summary["models"]["slow"]["fold_scores"]
 
 
 def test_failing_fold_exits_1_and_marks_the_run_failed(ray_cluster, uri: str, tmp_path: Path, capsys) -> None:
@@ -189,12 +196,10 @@ def test_sigint_ends_the_run_failed_even_when_started_with_sigint_ignored(tmp_pa
 
     from mlflow.tracking import MlflowClient
 
-    spec = yaml.safe_load((EXAMPLES / "breast_cancer.yaml").read_text())
-    spec |= {"name": "sigint", "cv": {"scheme": "stratified", "folds": 4, "seed": 1}, "slices": {},
-             "models": [{"name": "slow", "type": "tests.workflows_tests.adapters:SlowLogistic", "params": {"sleep": 8.0}}]}
-    (tmp_path / "slow.yaml").write_text(yaml.safe_dump(spec))
+    spec = slow_spec(tmp_path / "slow.yaml", sleep=8.0, name="sigint", cv={"scheme": "stratified", "folds": 4, "seed": 1},
+                     slices={})
     uri = f"sqlite:///{tmp_path / 'm.db'}"
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("foldwise")), "run", str(tmp_path / "slow.yaml"),
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("foldwise")), "run", str(spec),
                              "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-cache", "--no-progress"],
                             cwd=EXAMPLES.parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
