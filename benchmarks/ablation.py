@@ -90,8 +90,8 @@ def main() -> None:
 
     import ray
 
-    from workflows.ablate import run_ablation
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.ablate import run_ablation
+    from foldwise.workflows.commands.run import run_cv
 
     start = time.perf_counter()
     # address="local": a new 2-CPU Ray even when another cluster on this machine is in /tmp/ray/ray_current_cluster

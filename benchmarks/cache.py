@@ -86,8 +86,8 @@ def cli_run(spec: Path, cache: Path, uri: str, out: Path) -> tuple[float, dict]:
 
 def in_process(spec: Path, uri: str, out: Path, cache: Path, mode: str) -> dict:
     """One first run in this process: mode 'none' (no cache at all), 'empty' or 'no-cache'."""
-    import workflows.cv as cv
-    from workflows.cache import Cache
+    import foldwise.workflows.commands.run as cv
+    from foldwise.workflows.engine.cache import Cache
 
     class NoCacheAtAll(Cache):
         def get(self, kind: str, key: str) -> None:
@@ -180,7 +180,7 @@ def main() -> None:
     # 3. joblib.Memory, the usual alternative
     jl_first, jl_second = joblib_memory(frame, args.folds, out / "joblib-memory")
 
-    from workflows.units import human_size
+    from foldwise.workflows.units import human_size
 
     print(f"## cache ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {psutil.cpu_count()} cores, "
           f"{args.rows} x {args.features}, {args.folds} folds, logreg + LightGBM {LGBM_PARAMS['n_estimators']} trees, "

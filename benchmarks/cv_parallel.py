@@ -128,7 +128,7 @@ print(json.dumps({"wall": time.perf_counter() - start, "startup": startup, "driv
 FOLDWISE_SCRIPT = """
 import json, os, sys, time
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-from workflows.cv import run_cv
+from foldwise.workflows.commands.run import run_cv
 cpu = time.process_time()
 s = run_cv(sys.argv[1], out=sys.argv[2], tracking_uri=sys.argv[3], no_cache=True,
            cache_root=os.path.join(os.path.dirname(sys.argv[2]), "cache")).summary
@@ -187,7 +187,7 @@ WARM_FOLDWISE_SCRIPT = """
 import json, os, sys, time
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 import ray
-from workflows.cv import run_cv
+from foldwise.workflows.commands.run import run_cv
 ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
 walls = []
 for i in range(1 + int(sys.argv[4])):
@@ -212,7 +212,7 @@ def _fresh_process(script: str, *argv: str) -> tuple[str, float]:
 
 
 def run_foldwise(spec: Path, out: Path, uri: str) -> dict:
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.run import run_cv
 
     # no_cache: every run computes (results are still written to the cache, as a user's first run does);
     # the cache root is the benchmark's own folder, so nothing from an earlier run is read either way.
@@ -239,7 +239,7 @@ def main() -> None:
     import subprocess
     import sys
 
-    subprocess.run([sys.executable, "-c", f"from workflows.tracking import Tracker; Tracker({uri!r}, 'bench-lgbm')"],
+    subprocess.run([sys.executable, "-c", f"from foldwise.workflows.tracking.tracker import Tracker; Tracker({uri!r}, 'bench-lgbm')"],
                    check=True, capture_output=True)
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 

@@ -100,11 +100,11 @@ def images_per_second(result) -> float:  # noqa: ANN001
 def bench(dataset: str, table: Path | None, args: argparse.Namespace, gpu: bool, out: Path) -> list[dict]:
     import ray
 
-    from tasks.data import prepare_data
-    from tasks.train import train_fold
-    from workflows.check import validate_inputs
-    from workflows.cv import fold_plan, model_config, run_cv
-    from workflows.spec import load_spec
+    from foldwise.tasks.data import prepare_data
+    from foldwise.tasks.train import train_fold
+    from foldwise.workflows.pipeline.inputs import validate_inputs
+    from foldwise.workflows.commands.run import fold_plan, model_config, run_cv
+    from foldwise.workflows.pipeline.spec import load_spec
 
     rows = []
     shares = [float(s) for s in args.share.split(",")]

@@ -52,7 +52,7 @@ def make_data(rows: int, features: int) -> pd.DataFrame:
 
 
 def distributions(space: dict) -> dict:
-    from workflows.search_space import parse_space, to_optuna
+    from foldwise.workflows.pipeline.search_space import parse_space, to_optuna
 
     return {d.name: to_optuna(d) for d in parse_space(space)}
 
@@ -86,7 +86,7 @@ def fold_fit(kind: str, params: dict, X: np.ndarray, y: np.ndarray, train: np.nd
 def optuna_alone(kind: str, space: dict, X: np.ndarray, y: np.ndarray, trials: int) -> dict:
     import optuna
 
-    from tasks.folds import splitter
+    from foldwise.tasks.folds import splitter
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     splits = list(splitter("stratified", FOLDS, SEED).split(np.zeros(len(y)), y))
@@ -121,7 +121,7 @@ def plain_tune(kind: str, space: dict, X: np.ndarray, y: np.ndarray, trials: int
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from tasks.folds import splitter
+    from foldwise.tasks.folds import splitter
 
     splits = list(splitter("stratified", FOLDS, SEED).split(np.zeros(len(y)), y))
     X_ref, y_ref = ray.put(X), ray.put(y)
@@ -147,7 +147,7 @@ def plain_tune(kind: str, space: dict, X: np.ndarray, y: np.ndarray, trials: int
 
 
 def foldwise_sweep(kind: str, space: dict, data: Path, trials: int, out: Path, pruner: str) -> dict:
-    from workflows.sweep import run_sweep
+    from foldwise.workflows.commands.sweep import run_sweep
 
     if kind == "lgbm":
         model = {"name": "lgbm", "type": "lightgbm", "params": BASE, "resources": {"cpus": 1}}
@@ -207,7 +207,7 @@ def main() -> None:
     start = time.perf_counter()
     ray.init(num_cpus=SLOTS, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     ray_startup = time.perf_counter() - start
-    from workflows.tracking import Tracker
+    from foldwise.workflows.tracking.tracker import Tracker
 
     Tracker(f"sqlite:///{out / 'mlflow.db'}", "bench-setup")  # the store exists, as it would for a user
     res["foldwise"] = foldwise_sweep("lgbm", SPACE, data, n, out, "asha")

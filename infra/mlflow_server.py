@@ -6,7 +6,7 @@ drivers need no bucket credentials), bound to 127.0.0.1 unless told otherwise (r
 from a laptop through an SSH tunnel), optionally behind MLflow's basic auth. The head
 node of `cluster.yaml` and `foldwise cluster up` both start it from here:
 
-    python -m infra.mlflow_server --data-dir ~/foldwise-mlflow --port 5000 \
+    python -m foldwise.infra.mlflow_server --data-dir ~/foldwise-mlflow --port 5000 \
         [--backend-store-uri postgresql://user:pw@db/mlflow] [--artifacts-destination s3://bucket/mlflow] \
         [--host 127.0.0.1] [--basic-auth] [--detach --pid-file F --log-file F]
 
@@ -210,7 +210,7 @@ def _tail(log_file: Path | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m infra.mlflow_server", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m foldwise.infra.mlflow_server", description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", default="mlflow-server", help="sqlite store, local artifacts, auth files, log")
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--host", default=LOCALHOST, help="interface to bind (default 127.0.0.1: tunnel in over SSH)")

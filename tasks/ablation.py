@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.data import PreparedData
-from tasks.features import fit_vocabulary, frame
-from tasks.folds import FoldPlan
-from tasks.metrics import score
-from tasks.train import FoldResult
+from foldwise.tasks.data import PreparedData
+from foldwise.tasks.features import fit_vocabulary, frame
+from foldwise.tasks.folds import FoldPlan
+from foldwise.tasks.metrics import score
+from foldwise.tasks.train import FoldResult
 
 VERDICTS = ("helps", "hurts", "neutral")
 INTERVAL_METHOD = (

@@ -9,7 +9,7 @@ that differ between the two sides, a column that alone predicts the target almos
 perfectly (a likely leak), and id-like columns whose order tracks the target.
 
 Every finding names its column in one line, so the CLI can print it as is. Plain
-pandas/numpy: no Ray, no MLflow; `workflows.check` reads the frames and calls these.
+pandas/numpy: no Ray, no MLflow; `foldwise.workflows.pipeline.inputs` reads the frames and calls these.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.data import DataConfig, feature_columns
-from tasks.drift import (
+from foldwise.tasks.data import DataConfig, feature_columns
+from foldwise.tasks.drift import (
     LEAK_THRESHOLD,
     ROW_ORDER,
     id_like_columns,

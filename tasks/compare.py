@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from tasks.slices import ALL_ROWS, AutoSliceConfig, SliceDelta, auto_slices, held_out, rank_features, slice_deltas
+from foldwise.tasks.slices import ALL_ROWS, AutoSliceConfig, SliceDelta, auto_slices, held_out, rank_features, slice_deltas
 
 NOISE_LEVEL = 0.05  # two-sided level for "beyond noise"
 
@@ -87,7 +87,7 @@ def predictions_of(oof: pd.DataFrame, name: str) -> np.ndarray | None:
 def pair_rows(oof_a: pd.DataFrame, oof_b: pd.DataFrame, pred_a: str, pred_b: str, target: str, task: str,
               frame: pd.DataFrame | None, frame_note: str = "", id_column: str | None = None) -> tuple[PairedRows | None, str]:
     """Pair two OOF frames row by row, or say why they cannot be paired (different rows/targets)."""
-    from tasks.data import DataError, encode_target
+    from foldwise.tasks.data import DataError, encode_target
 
     if len(oof_a) != len(oof_b) or not np.array_equal(oof_a["row"].to_numpy(), oof_b["row"].to_numpy()):
         return None, f"the OOF files hold different rows ({len(oof_a)} vs {len(oof_b)}); row-level comparisons skipped"

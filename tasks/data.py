@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks import images
-from tasks.images import IMAGE_DATASETS, builtin_table
+from foldwise.tasks import images
+from foldwise.tasks.images import IMAGE_DATASETS, builtin_table
 
 SKLEARN_DATASETS = ("breast_cancer", "iris", "wine", "digits", "diabetes")
 

@@ -33,7 +33,7 @@ from scipy import stats
 from sklearn.metrics import r2_score, roc_auc_score
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from tasks.data import PreparedData
+from foldwise.tasks.data import PreparedData
 
 PSI_BINS = 10
 PSI_EPS = 1e-4  # floor on a bin's share, so an empty bin gives a large but finite PSI

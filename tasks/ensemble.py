@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.stats import rankdata
 
-from tasks.folds import FoldPlan
-from tasks.metrics import score
+from foldwise.tasks.folds import FoldPlan
+from foldwise.tasks.metrics import score
 
 METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "stack")
 TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
@@ -202,7 +202,7 @@ def _fit_meta(X: np.ndarray, y: np.ndarray, task: str, seed: int, meta: str | No
             from sklearn.linear_model import LogisticRegression as cls
             params = {"C": 1.0, "max_iter": 1000, **params}
     else:
-        from tasks.models.sklearn_model import estimator_class
+        from foldwise.tasks.models.sklearn_model import estimator_class
 
         cls = estimator_class(meta)
     if "random_state" in inspect.signature(cls).parameters and "random_state" not in params:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.data import PreparedData
+from foldwise.tasks.data import PreparedData
 
 
 @dataclass(frozen=True)

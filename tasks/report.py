@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tasks.data import PreparedData
-from tasks.folds import FoldPlan
+from foldwise.tasks.data import PreparedData
+from foldwise.tasks.folds import FoldPlan
 
 
 @dataclass(frozen=True)

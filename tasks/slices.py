@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from tasks.metrics import rank_auc, score
+from foldwise.tasks.metrics import rank_auc, score
 
 ALL_ROWS = "all rows (pooled OOF)"
 

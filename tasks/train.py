@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import psutil
 
-from tasks.data import PreparedData, drop_columns
-from tasks.features import fit_vocabulary, frame
-from tasks.folds import FoldPlan
-from tasks.metrics import score
-from tasks.models import FitContext, ModelConfig, TrainingLog, create_model
+from foldwise.tasks.data import PreparedData, drop_columns
+from foldwise.tasks.features import fit_vocabulary, frame
+from foldwise.tasks.folds import FoldPlan
+from foldwise.tasks.metrics import score
+from foldwise.tasks.models import FitContext, ModelConfig, TrainingLog, create_model
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
-from tasks.data import PreparedData
-from tasks.folds import FoldPlan
-from tasks.models import ModelConfig
-from tasks.train import train_fold
+from foldwise.tasks.data import PreparedData
+from foldwise.tasks.folds import FoldPlan
+from foldwise.tasks.models import ModelConfig
+from foldwise.tasks.train import train_fold
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ def session_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def breast_cancer_run(ray_cluster, session_dir):
     """The README's main job, run once through the Python API on the session cluster."""
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.run import run_cv
 
     uri = f"sqlite:///{session_dir / 'mlflow.db'}"
     return run_cv(EXAMPLES / "breast_cancer.yaml", out=session_dir / "bc-out", tracking_uri=uri)

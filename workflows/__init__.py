@@ -1,12 +1,3 @@
-"""foldwise workflows: spec -> Ray DAG -> results -> tracking."""
-
-from __future__ import annotations
-
-from typing import Any
-
-
-def run_cv(*args: Any, **kwargs: Any):  # noqa: ANN201 - lazy: `foldwise --help` must not import Ray
-    """See workflows.cv.run_cv."""
-    from workflows.cv import run_cv as _run_cv
-
-    return _run_cv(*args, **kwargs)
+"""foldwise's workflow layers, lowest first: engine (Ray) -> tracking (MLflow) -> pipeline (spec,
+inputs, the node graph) -> commands -> cli. Each imports only layers below it (import-linter
+contracts in pyproject.toml); `errors` and `units` sit at the base."""

@@ -15,14 +15,14 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from tasks.source import import_fresh
+from foldwise.tasks.source import import_fresh
 
 # Lazy import paths, so that loading a spec never imports torch or lightgbm needlessly.
 BUILTIN_MODEL_TYPES: dict[str, str] = {
-    "sklearn": "tasks.models.sklearn_model:SklearnModel",
-    "lightgbm": "tasks.models.lightgbm_model:LightGBMModel",
-    "torch_mlp": "tasks.models.torch_mlp:TorchMLPModel",
-    "torch_image": "tasks.models.torch_image:TorchImageModel",
+    "sklearn": "foldwise.tasks.models.sklearn_model:SklearnModel",
+    "lightgbm": "foldwise.tasks.models.lightgbm_model:LightGBMModel",
+    "torch_mlp": "foldwise.tasks.models.torch_mlp:TorchMLPModel",
+    "torch_image": "foldwise.tasks.models.torch_image:TorchImageModel",
 }
 
 # Preprocessing steps for numeric columns, fitted inside the fold (sklearn-type models).

@@ -95,7 +95,7 @@ def check_model(params: dict, augment: dict | None, tta: list[str]) -> str | Non
     problem = check_params(params)
     if problem:
         return problem
-    from tasks.augment import check_pipeline_output, tta_problem
+    from foldwise.tasks.augment import check_pipeline_output, tta_problem
 
     p = {**DEFAULTS, **params}
     h, w = image_size(p["image_size"])

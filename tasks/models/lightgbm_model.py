@@ -20,8 +20,8 @@ try:
 except ImportError as e:  # pragma: no cover - lightgbm is a core dependency
     raise ImportError("model type lightgbm needs lightgbm: pip install lightgbm") from e
 
-from tasks.models import FitContext, ModelConfig, inner_split
-from tasks.models.sklearn_model import _align_proba
+from foldwise.tasks.models import FitContext, ModelConfig, inner_split
+from foldwise.tasks.models.sklearn_model import _align_proba
 
 # Used only when lightgbm's private alias table is unavailable.
 _FALLBACK_CORE_PARAMS = frozenset({

@@ -8,9 +8,9 @@ import inspect
 import numpy as np
 import pandas as pd
 
-from tasks.features import column_kinds, preprocessor
-from tasks.models import FitContext, ModelConfig
-from tasks.source import import_fresh, installed_version
+from foldwise.tasks.features import column_kinds, preprocessor
+from foldwise.tasks.models import FitContext, ModelConfig
+from foldwise.tasks.source import import_fresh, installed_version
 
 
 def estimator_class(path: str) -> type:

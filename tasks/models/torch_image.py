@@ -37,10 +37,10 @@ try:
 except ImportError as e:
     raise ImportError("model type torch_image needs torch: pip install 'foldwise[torch]'") from e
 
-from tasks.augment import build as build_pipeline
-from tasks.images import cv2_module, read_image
-from tasks.models import FitContext, ModelConfig, TrainingLog, inner_split
-from tasks.models.image_params import DEFAULTS, check_params, image_size
+from foldwise.tasks.augment import build as build_pipeline
+from foldwise.tasks.images import cv2_module, read_image
+from foldwise.tasks.models import FitContext, ModelConfig, TrainingLog, inner_split
+from foldwise.tasks.models.image_params import DEFAULTS, check_params, image_size
 
 TTA_VIEWS = {
     "hflip": lambda x: torch.flip(x, dims=(-1,)),

@@ -19,9 +19,9 @@ try:
 except ImportError as e:
     raise ImportError("model type torch_mlp needs torch: pip install 'foldwise[torch]'") from e
 
-from tasks.features import column_kinds, preprocessor
-from tasks.models import FitContext, ModelConfig, inner_split
-from tasks.models.mlp_params import DEFAULTS, check_params
+from foldwise.tasks.features import column_kinds, preprocessor
+from foldwise.tasks.models import FitContext, ModelConfig, inner_split
+from foldwise.tasks.models.mlp_params import DEFAULTS, check_params
 
 
 

@@ -27,7 +27,7 @@ def free_port() -> int:
 def foldwise_cmd() -> list[str]:
     """The installed console script next to this interpreter (what a user types)."""
     script = Path(sys.executable).parent / "foldwise"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "workflows.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "foldwise.workflows.cli"]
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -69,7 +69,7 @@ def test_only_ssh_is_open_and_services_stay_on_localhost(aws):
     assert aws["provider"]["security_group"]["IpPermissions"] == []  # Ray adds SSH + intra-cluster only
     head = " ".join(aws["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head
-    assert "python -m infra.mlflow_server" in head and "--host" not in head  # the launcher binds 127.0.0.1
+    assert "python -m foldwise.infra.mlflow_server" in head and "--host" not in head  # the launcher binds 127.0.0.1
     assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in head
 
 

@@ -207,7 +207,7 @@ def test_fold_tasks_ran_on_both_nodes(cluster, s3_job):
 
 
 def test_outputs_and_cache_on_s3_are_shared(cluster, s3_server, s3_job, tmp_path):
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.run import run_cv
 
     done, out, cache = s3_job
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -16,7 +16,7 @@ from tests.infra_tests.conftest import REPO, alive, free_port, process_tree
 
 
 def launcher(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "infra.mlflow_server", *args], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "foldwise.infra.mlflow_server", *args], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -38,7 +38,7 @@ def test_postgres_needs_its_driver(tmp_path, scheme):
     """The driver SQLAlchemy would load for the scheme (plain postgresql:// is psycopg from SQLAlchemy 2.1)."""
     import importlib.util
 
-    from infra.mlflow_server import postgres_driver
+    from foldwise.infra.mlflow_server import postgres_driver
 
     driver = postgres_driver(scheme)
     if importlib.util.find_spec(driver) is not None:

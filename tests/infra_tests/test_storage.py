@@ -1,4 +1,4 @@
-"""workflows.storage against a real S3-compatible server (moto's standalone server on 127.0.0.1):
+"""foldwise.infra.storage against a real S3-compatible server (moto's standalone server on 127.0.0.1):
 outputs staged locally and published whole, nothing published on failure, the cache on s3://,
 and the pyarrow view of the same bucket that Ray Tune / Ray Data take."""
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from workflows import storage
-from workflows.cache import Cache
+from foldwise.infra import storage
+from foldwise.workflows.engine.cache import Cache
 
 
 def test_paths_and_uris():

@@ -9,8 +9,8 @@ import shlex
 import pytest
 
 from tests.infra_tests.conftest import REPO
-from workflows import submit
-from workflows.submit import JobsError, prepare_job
+from foldwise.infra import jobs as submit
+from foldwise.infra.jobs import JobsError, prepare_job
 
 SPEC = str(REPO / "workflows" / "examples" / "breast_cancer.yaml")
 
@@ -71,7 +71,7 @@ def test_addresses():
     (["--gpus", "-1"], "--gpus: -1 is negative"),
 ])
 def test_cluster_up_bad_input_starts_and_writes_nothing(tmp_path, capsys, args, message):
-    from workflows.cli import main
+    from foldwise.workflows.cli.main import main
 
     assert main(["cluster", "up", "--dir", str(tmp_path / "c"), *args]) == 2
     err = capsys.readouterr().err

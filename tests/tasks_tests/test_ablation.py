@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tasks.ablation import (
+from foldwise.tasks.ablation import (
     AblationReport,
     GroupError,
     GroupOutcome,
@@ -26,11 +26,11 @@ from tasks.ablation import (
     verdict_of,
     weighted_scores,
 )
-from tasks.data import PreparedData, drop_columns
-from tasks.folds import assign_folds
-from tasks.metrics import score
-from tasks.models import ModelConfig
-from tasks.train import train_fold
+from foldwise.tasks.data import PreparedData, drop_columns
+from foldwise.tasks.folds import assign_folds
+from foldwise.tasks.metrics import score
+from foldwise.tasks.models import ModelConfig
+from foldwise.tasks.train import train_fold
 
 COLUMNS = ("s1", "s2", "w1", "w2", "z1", "z2", "z3", "z4", "z5")
 GROUPS = {"strong": ("s1", "s2"), "weak": ("w1", "w2"), "noise": ("z1", "z2", "z3", "z4", "z5")}

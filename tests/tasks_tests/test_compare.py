@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.compare import (
+from foldwise.tasks.compare import (
     PairedRows,
     RunFacts,
     compare_runs,
@@ -19,8 +19,8 @@ from tasks.compare import (
     to_html,
     to_markdown,
 )
-from tasks.metrics import score
-from tasks.slices import ALL_ROWS, SliceError, auto_slices, fast_score, feature_frame, slice_scores
+from foldwise.tasks.metrics import score
+from foldwise.tasks.slices import ALL_ROWS, SliceError, auto_slices, fast_score, feature_frame, slice_scores
 
 N = 400
 

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import DataConfig, DataError, infer_task, inspect_data, prepare_data
-from tasks.features import fit_vocabulary, frame
+from foldwise.tasks.data import DataConfig, DataError, infer_task, inspect_data, prepare_data
+from foldwise.tasks.features import fit_vocabulary, frame
 
 
 @pytest.fixture()

@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tasks.checks import Side, frame_errors, frame_warnings
-from tasks.data import DataConfig, PreparedData
-from tasks.drift import (
+from foldwise.tasks.checks import Side, frame_errors, frame_warnings
+from foldwise.tasks.data import DataConfig, PreparedData
+from foldwise.tasks.drift import (
     ROW_ORDER,
     adversarial_dataset,
     adversarial_fold,
@@ -243,7 +243,7 @@ def test_frame_warnings_cover_each_check() -> None:
 def test_closed_form_aucs_equal_sklearn() -> None:
     from sklearn.metrics import roc_auc_score
 
-    from tasks.metrics import ovr_auc, rank_auc
+    from foldwise.tasks.metrics import ovr_auc, rank_auc
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 300)
@@ -257,8 +257,8 @@ def test_closed_form_aucs_equal_sklearn() -> None:
 
 def test_binned_auc_from_bin_counts_equals_rank_auc_on_the_rows() -> None:
     """The column scan scores bins from per-bin class counts; that must be the AUC of the rows."""
-    from tasks.drift import _bins_auc
-    from tasks.metrics import rank_auc
+    from foldwise.tasks.drift import _bins_auc
+    from foldwise.tasks.metrics import rank_auc
 
     rng = np.random.default_rng(7)
     for _ in range(20):
@@ -276,7 +276,7 @@ def test_binned_auc_from_bin_counts_equals_rank_auc_on_the_rows() -> None:
     [0] * 500 + [1] * 500, [0.5] * 990 + [np.nan] * 10, list(np.arange(1000.0)), ["a"] * 999 + ["b"],
 ])
 def test_near_constant_by_the_median_path_agrees_with_value_counts(values) -> None:
-    from tasks.checks import NEAR_CONSTANT_SHARE, constant_columns
+    from foldwise.tasks.checks import NEAR_CONSTANT_SHARE, constant_columns
 
     frame = pd.DataFrame({"c": values})
     counts = frame["c"].value_counts(dropna=False)

@@ -10,9 +10,9 @@ from sklearn.naive_bayes import GaussianNB
 from sklearn.neighbors import KNeighborsRegressor
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
-from tasks.ensemble import METHODS, blend, greedy_weights
-from tasks.folds import FoldPlan, assign_folds
-from tasks.metrics import score
+from foldwise.tasks.ensemble import METHODS, blend, greedy_weights
+from foldwise.tasks.folds import FoldPlan, assign_folds
+from foldwise.tasks.metrics import score
 
 CLASSIFIERS = {
     "lr": lambda: LogisticRegression(max_iter=1000),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold, TimeSeriesSplit
 
-from tasks.folds import NEVER_HELD_OUT, assign_folds, fold_problem
+from foldwise.tasks.folds import NEVER_HELD_OUT, assign_folds, fold_problem
 
 RNG = np.random.default_rng(3)
 Y = RNG.integers(0, 3, size=301)

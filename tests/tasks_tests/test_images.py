@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks import augment
-from tasks.data import DataConfig, DataError, inspect_data, prepare_data
-from tasks.folds import assign_folds
-from tasks.images import read_image
-from tasks.models import FitContext, ModelConfig, create_model
-from tasks.train import train_fold
+from foldwise.tasks import augment
+from foldwise.tasks.data import DataConfig, DataError, inspect_data, prepare_data
+from foldwise.tasks.folds import assign_folds
+from foldwise.tasks.images import read_image
+from foldwise.tasks.models import FitContext, ModelConfig, create_model
+from foldwise.tasks.train import train_fold
 
 torch = pytest.importorskip("torch")
 cv2 = pytest.importorskip("cv2")
@@ -249,7 +249,7 @@ def test_epoch_is_chosen_without_the_held_out_fold_and_runs_are_seeded(digits, t
 
 
 def test_checkpoint_restores_the_model_and_respects_the_size_cap(digits, fitted, tmp_path: Path) -> None:
-    from tasks.models.torch_image import load_weights, make_network
+    from foldwise.tasks.models.torch_image import load_weights, make_network
 
     blob = fitted.training_log().checkpoint
     saved = torch.load(io.BytesIO(blob), weights_only=True)
@@ -304,7 +304,7 @@ def test_dataloader_workers_binary_task_and_csv_data(image_dir: Path) -> None:
 
 
 def test_bad_params_are_named() -> None:
-    from tasks.models.image_params import check_model, check_params
+    from foldwise.tasks.models.image_params import check_model, check_params
 
     assert "has no parameter(s) epoch " in check_params({"epoch": 3}) + " "
     assert "optimizer: 'lion' is not one of adamw, adam, sgd" in check_params({"optimizer": "lion"})

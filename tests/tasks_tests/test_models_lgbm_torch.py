@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 
-import tasks.models as models
-from tasks.data import DataConfig, PreparedData, prepare_data
-from tasks.features import fit_vocabulary, frame
-from tasks.models import FitContext, ModelConfig, create_model
+import foldwise.tasks.models as models
+from foldwise.tasks.data import DataConfig, PreparedData, prepare_data
+from foldwise.tasks.features import fit_vocabulary, frame
+from foldwise.tasks.models import FitContext, ModelConfig, create_model
 
 torch = pytest.importorskip("torch")
 
@@ -107,7 +107,7 @@ def test_lightgbm_early_stopping(monkeypatch: pytest.MonkeyPatch) -> None:
         seen.append((len(y), fit_idx, stop_idx))
         return fit_idx, stop_idx
 
-    import tasks.models.lightgbm_model as lgbm_module
+    import foldwise.tasks.models.lightgbm_model as lgbm_module
 
     monkeypatch.setattr(lgbm_module, "inner_split", spy)
     data = sk("breast_cancer")
@@ -168,7 +168,7 @@ def test_categorical_column_is_learned(type_: str, tmp_path: Path) -> None:
 
 
 def test_lightgbm_check_params() -> None:
-    from tasks.models.lightgbm_model import check_params
+    from foldwise.tasks.models.lightgbm_model import check_params
 
     assert check_params({"n_estimators": 10, "num_leaves": 15, "min_data_in_leaf": 5, "feature_fraction": 0.8,
                          "early_stopping_rounds": 20, "lambda_l2": 1.0}) is None

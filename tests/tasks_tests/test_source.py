@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.models.sklearn_model import estimator_class
-from tasks.source import import_fresh, source_hash
+from foldwise.tasks.models.sklearn_model import estimator_class
+from foldwise.tasks.source import import_fresh, source_hash
 
 
 @pytest.fixture

@@ -51,7 +51,7 @@ def faulty_run(cluster, victim, spec: dict, work: Path, name: str, temp_dir: str
     """Run the spec in a thread; here (node changes need the main thread) kill `victim` (no
     grace) as soon as a fold is fitting on it, then add a fresh node."""
     from tests.workflows_tests.fault_adapters import attempts
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.run import run_cv
 
     log = spec["models"][0]["params"]["log"]
     box: dict = {}
@@ -88,7 +88,7 @@ def main(work: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.run import run_cv
 
     t0 = time.time()
     spec = json.loads((work / "spec.json").read_text())

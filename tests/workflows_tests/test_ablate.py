@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from tests.conftest import store_state
-from workflows.ablate import run_ablation
-from workflows.cli import main
-from workflows.cv import RunFailed, run_cv
+from foldwise.workflows.commands.ablate import run_ablation
+from foldwise.workflows.cli.main import main
+from foldwise.workflows.commands.run import run_cv
+from foldwise.workflows.errors import RunFailed
 
 FOLDS = 4
 GROUPS = {"strong": ["s*"], "weak": ["w1", "w2"], "noise": ["z*"]}

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.conftest import store_state
-from workflows.cli import main
+from foldwise.workflows.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -162,10 +162,10 @@ def test_a_tracking_server_that_does_not_answer_exits_2_before_any_compute(comma
 def test_help_imports_no_command_module() -> None:
     """`foldwise --help` lists every command from the routing table alone (it used to import pandas,
     sklearn and every workflow: seconds before the first line)."""
-    code = ("import sys; from workflows.cli import main\n"
+    code = ("import sys; from foldwise.workflows.cli.main import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "loaded = sorted(m for m in sys.modules if m.startswith(('workflows.', 'tasks', 'pandas', 'sklearn', 'ray')))\n"
             "print(loaded)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "check" in out and "sweep" in out and "submit" in out  # the command list was printed
-    assert out.strip().splitlines()[-1] == "['workflows.cli']"
+    assert out.strip().splitlines()[-1] == "['foldwise.workflows.cli.main']"

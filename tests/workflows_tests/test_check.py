@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import store_state
-from workflows.cli import main
+from foldwise.workflows.cli.main import main
 
 N_TRAIN, N_TEST = 3000, 1500
 CONTRACT_KEYS = {"command", "run_id", "experiment", "errors", "warnings", "adversarial_auc",
@@ -78,7 +78,7 @@ def store(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shift_run(ray_cluster, data: Path, store: Path):
-    from workflows.check_cmd import run_check
+    from foldwise.workflows.commands.check import run_check
 
     return run_check(spec_file(data, "shift", test="test_shift.csv"), tracking_uri=f"sqlite:///{store}",
                      out=data / "out-shift")
@@ -147,7 +147,7 @@ def test_identical_distributions_give_chance_auc_via_the_cli(same_run) -> None:
 
 
 def test_reference_compares_new_train_with_an_old_version(ray_cluster, data: Path, store: Path) -> None:
-    from workflows.check_cmd import run_check
+    from foldwise.workflows.commands.check import run_check
 
     result = run_check(spec_file(data, "ref", test="test_shift.csv"), reference=data / "old.csv",
                        tracking_uri=f"sqlite:///{store}", out=data / "out-ref")
@@ -162,7 +162,7 @@ def test_reference_compares_new_train_with_an_old_version(ray_cluster, data: Pat
 
 def test_a_planted_leak_is_flagged_without_starting_anything(data: Path, store: Path, tmp_path: Path) -> None:
     """No test set, no reference: only the checks run (no Ray task), and the leak is named."""
-    from workflows.check_cmd import run_check
+    from foldwise.workflows.commands.check import run_check
 
     result = run_check(spec_file(data, "leak", train="train_leak.csv"), tracking_uri=f"sqlite:///{store}",
                        out=tmp_path / "out")
@@ -173,8 +173,9 @@ def test_a_planted_leak_is_flagged_without_starting_anything(data: Path, store: 
 
 
 def test_data_warnings_is_the_cheap_part_for_foldwise_run(data: Path) -> None:
-    from workflows.check import InputError, data_warnings, validate_inputs
-    from workflows.spec import load_spec
+    from foldwise.workflows.pipeline.inputs import data_warnings, validate_inputs
+    from foldwise.workflows.errors import InputError
+    from foldwise.workflows.pipeline.spec import load_spec
 
     spec = load_spec(spec_file(data, "dw", test="test_leak.csv", train="train_leak.csv"))
     lines, findings = data_warnings(spec, validate_inputs(spec))
@@ -237,7 +238,7 @@ def test_a_failing_task_exits_1_and_marks_the_run_failed(data: Path, store: Path
     """In-process executor, so the patched task is the one that runs."""
     from mlflow.tracking import MlflowClient
 
-    import workflows.check_cmd as check_cmd
+    import foldwise.workflows.commands.check as check_cmd
 
     def broken(*args, **kwargs):
         raise MemoryError("out of memory in fold")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows.cli import main
+from foldwise.workflows.cli.main import main
 
 SPEC = {
     "name": "compare-test",
@@ -24,8 +24,8 @@ SPEC = {
 
 @pytest.fixture(scope="module")
 def three_runs(ray_cluster, session_dir) -> dict[str, str]:
-    from workflows.cv import run_cv
-    from workflows.spec import load_spec
+    from foldwise.workflows.commands.run import run_cv
+    from foldwise.workflows.pipeline.spec import load_spec
 
     uri = f"sqlite:///{session_dir / 'compare.db'}"
     ids = {"uri": uri}
@@ -101,7 +101,7 @@ def test_unknown_run_is_exit_2_one_line_nothing_written(three_runs, tmp_path, ca
 
 
 def test_ui_command_binds_loopback_and_refuses_missing_store(tmp_path, capsys) -> None:
-    from workflows.ui import server_command
+    from foldwise.workflows.cli.ui import server_command
 
     cmd = server_command("sqlite:///x.db", 5055)
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5055"

@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from tasks.data import DataConfig, PreparedData, prepare_data
-from workflows.executor import LocalExecutor, RayExecutor, Slot, TaskFailed
+from foldwise.tasks.data import DataConfig, PreparedData, prepare_data
+from foldwise.workflows.engine.executor import LocalExecutor, RayExecutor, Slot
+from foldwise.workflows.errors import TaskFailed
 
 
 def is_shared_read_only(data: PreparedData) -> tuple[bool, bool]:

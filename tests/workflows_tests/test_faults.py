@@ -22,10 +22,12 @@ import yaml
 from sklearn.model_selection import StratifiedKFold
 
 from tests.workflows_tests.fault_adapters import attempts
-from workflows.cache import Cache
-from workflows.cli import main
-from workflows.cv import RunFailed, run_cv
-from workflows.spec import SpecError, load_spec
+from foldwise.workflows.engine.cache import Cache
+from foldwise.workflows.cli.main import main
+from foldwise.workflows.commands.run import run_cv
+from foldwise.workflows.errors import RunFailed
+from foldwise.workflows.pipeline.spec import load_spec
+from foldwise.workflows.errors import SpecError
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTERS = "tests.workflows_tests.fault_adapters"
@@ -256,7 +258,7 @@ def test_cache_ls_and_prune(tmp_path: Path, capsys) -> None:
 
 def test_abandoned_runs_are_failed_even_when_their_pid_was_reused(tmp_path: Path) -> None:
     """A restarted container's driver often gets the dead driver's pid: the pid alone is not enough."""
-    from workflows import tracking as tk
+    from foldwise.workflows.tracking import tracker as tk
 
     tracker = tk.Tracker(f"sqlite:///{tmp_path / 'm.db'}", "abandoned")
     mine = tracker.start_run("live", tk.process_tags())

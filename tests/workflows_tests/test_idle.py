@@ -11,8 +11,8 @@ from concurrent.futures import wait
 
 import pytest
 
-from workflows.cv import set_up_when
-from workflows.idle import IdleWork, on_idle_thread
+from foldwise.workflows.commands.run import set_up_when
+from foldwise.workflows.engine.idle import IdleWork, on_idle_thread
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 

@@ -28,7 +28,7 @@ SPEC = EXAMPLES / "digits_cnn.yaml"
 @pytest.fixture(scope="module")
 def digits_run(ray_cluster, session_dir):
     """The example exactly as shipped (5 folds, 8 epochs), once."""
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.run import run_cv
 
     uri = f"sqlite:///{session_dir / 'images.db'}"
     return run_cv(SPEC, out=session_dir / "digits-out", tracking_uri=uri), uri
@@ -50,12 +50,12 @@ def test_example_reaches_the_promised_accuracy(digits_run) -> None:
 def test_each_fold_has_a_nested_run_with_epoch_metrics_and_a_checkpoint(digits_run, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from tasks.data import DataConfig, prepare_data
-    from tasks.models import FitContext, create_model
-    from tasks.models.torch_image import make_network
-    from workflows.cv import model_config
-    from workflows.spec import load_spec
-    from workflows.tracking import RunReader
+    from foldwise.tasks.data import DataConfig, prepare_data
+    from foldwise.tasks.models import FitContext, create_model
+    from foldwise.tasks.models.torch_image import make_network
+    from foldwise.workflows.commands.run import model_config
+    from foldwise.workflows.pipeline.spec import load_spec
+    from foldwise.workflows.tracking.tracker import RunReader
 
     result, uri = digits_run
     reader, client = RunReader(uri), MlflowClient(uri)
@@ -95,8 +95,8 @@ def test_each_fold_has_a_nested_run_with_epoch_metrics_and_a_checkpoint(digits_r
 @pytest.fixture(scope="module")
 def csv_run(ray_cluster, session_dir):
     """A CSV + test CSV whose image paths are relative to the files; test predictions averaged over folds."""
-    from tasks.data import DataConfig, prepare_data
-    from workflows.cv import run_cv
+    from foldwise.tasks.data import DataConfig, prepare_data
+    from foldwise.workflows.commands.run import run_cv
 
     digits = prepare_data(DataConfig(train="sklearn:digits_images", target="target", image="image"))
     d = session_dir / "img-csv"
@@ -134,12 +134,12 @@ def test_test_predictions_are_the_mean_over_folds(csv_run) -> None:
 
 
 def test_cached_rerun_logs_the_fold_runs_again_and_an_edited_image_changes_the_key(csv_run, session_dir) -> None:
-    from tasks.data import read_table
-    from workflows.check import validate_inputs
-    from workflows.cv import model_config, node_keys, run_cv
-    from workflows.provenance import code_version
-    from workflows.spec import load_spec
-    from workflows.tracking import RunReader
+    from foldwise.tasks.data import read_table
+    from foldwise.workflows.pipeline.inputs import validate_inputs
+    from foldwise.workflows.commands.run import model_config, node_keys, run_cv
+    from foldwise.workflows.pipeline.provenance import code_version
+    from foldwise.workflows.pipeline.spec import load_spec
+    from foldwise.workflows.tracking.tracker import RunReader
 
     first, d = csv_run
     uri = f"sqlite:///{session_dir / 'images.db'}"
@@ -172,7 +172,7 @@ GPU_SCRIPT = textwrap.dedent("""
     temp = tempfile.mkdtemp(prefix="fwray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     ray.init(address="local", num_cpus=4, num_gpus=4, include_dashboard=False, logging_level="ERROR",
              log_to_driver=True, _temp_dir=temp)
-    from workflows.cv import run_cv
+    from foldwise.workflows.commands.run import run_cv
     seen = {}
     fast = [f"data.train={sys.argv[3]}", "models.0.params.epochs=1", "models.0.params.image_size=8", "models.0.params.width=8",
             "models.0.params.select_epoch=last", "models.0.params.checkpoint=false"]
@@ -184,7 +184,7 @@ GPU_SCRIPT = textwrap.dedent("""
                      for f in r.fold_results]
     # Half a GPU per task, through the same executor path (light tasks: no torch import per fresh worker)
     import os, time
-    from workflows.executor import RayExecutor, Slot
+    from foldwise.workflows.engine.executor import RayExecutor, Slot
     def hold(seconds):
         started = time.time()
         time.sleep(seconds)
@@ -209,7 +209,7 @@ def _overlaps(folds: list[dict]) -> list[list[dict]]:
 def logical_gpus(tmp_path_factory):
     """8 folds (and a few light tasks) on a local Ray with 4 logical GPUs (this machine has none), in its
     own process (a process can ray.init once, and the session cluster has no GPUs)."""
-    from tasks.data import DataConfig, prepare_data
+    from foldwise.tasks.data import DataConfig, prepare_data
 
     d = tmp_path_factory.mktemp("gpus")
     digits = prepare_data(DataConfig(train="sklearn:digits_images", target="target", image="image"))
@@ -302,7 +302,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_image_specs_exit_2_naming_the_problem(case: str, tmp_path: Path, capsys) -> None:
-    from workflows.cli import main
+    from foldwise.workflows.cli.main import main
 
     change, message = BAD[case]
     spec = _write(tmp_path, case.replace(" ", "_"), change)
@@ -316,8 +316,8 @@ def test_bad_image_specs_exit_2_naming_the_problem(case: str, tmp_path: Path, ca
 
 
 def test_augment_spec_round_trips_through_the_effective_spec(tmp_path: Path) -> None:
-    from tasks import augment
-    from workflows.spec import load_spec, to_yaml
+    from foldwise.tasks import augment
+    from foldwise.workflows.pipeline.spec import load_spec, to_yaml
 
     spec = load_spec(SPEC)
     compact = spec.models[0].augment.model_dump()

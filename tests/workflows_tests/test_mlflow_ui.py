@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
-    from workflows.ui import server_command
+    from foldwise.workflows.cli.ui import server_command
 
     root = tmp_path_factory.mktemp("mlflow-server")
     port = _free_port()
@@ -74,10 +74,10 @@ def mlflow_server(tmp_path_factory):
 def two_runs_compared(ray_cluster, mlflow_server, tmp_path_factory) -> dict[str, str]:
     from mlflow import MlflowClient
 
-    from workflows.compare import compare
-    from workflows.cv import run_cv
-    from workflows.spec import load_spec
-    from workflows.sweep import run_sweep
+    from foldwise.workflows.commands.compare import compare
+    from foldwise.workflows.commands.run import run_cv
+    from foldwise.workflows.pipeline.spec import load_spec
+    from foldwise.workflows.commands.sweep import run_sweep
 
     out = tmp_path_factory.mktemp("ui-runs")
     a = run_cv(load_spec(SPEC), out=out / "a", tracking_uri=mlflow_server).run_id

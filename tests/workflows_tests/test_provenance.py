@@ -18,8 +18,8 @@ import pytest
 import sklearn
 import yaml
 
-from workflows.cv import run_cv
-from workflows.provenance import COMMON_LIBRARIES, MODEL_LIBRARIES, adapter_version, library_versions, tasks_version
+from foldwise.workflows.commands.run import run_cv
+from foldwise.workflows.pipeline.provenance import COMMON_LIBRARIES, MODEL_LIBRARIES, adapter_version, library_versions, tasks_version
 
 ADAPTER = '''
 import numpy as np
@@ -156,7 +156,7 @@ NOTEBOOK = """
 import json, pathlib, sys
 import ray
 ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-from workflows.cv import run_cv
+from foldwise.workflows.commands.run import run_cv
 spec, helpers, out = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
 kw = dict(tracking_uri=f"sqlite:///{out / 'm.db'}", cache_root=str(out / "cache"))
 before = run_cv(spec, out=out / "o1", **kw)

@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold, cross_validate
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks.folds import assign_folds
+from foldwise.tasks.folds import assign_folds
 
 SUMMARY_KEYS = {"command", "experiment", "run_id", "metric", "greater_is_better", "folds", "models", "ensemble",
                 "wall_seconds", "startup_seconds", "outputs"}

@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tasks.ensemble import blend
-from tasks.folds import assign_folds
-from workflows.cli import main
-from workflows.cv import run_cv
-from workflows.demo_data import write_churn
+from foldwise.tasks.ensemble import blend
+from foldwise.tasks.folds import assign_folds
+from foldwise.workflows.cli.main import main
+from foldwise.workflows.commands.run import run_cv
+from foldwise.workflows.examples.demo_data import write_churn
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
 
@@ -127,7 +127,7 @@ def test_mlflow_set_up_waits_for_the_cpu_the_last_round_leaves_free(ray_cluster,
     then, and the runs are still dated from the command's start."""
     from mlflow.tracking import MlflowClient
 
-    from workflows.tracking import Tracker
+    from foldwise.workflows.tracking.tracker import Tracker
 
     Tracker(uri, "breast-cancer")  # MLflow imported, store and experiment made: opening the runs takes well under a fold
     # each fold takes 1 s, longer than opening the runs takes: only waiting for the CPU puts them last
@@ -167,7 +167,7 @@ def test_init_writes_a_runnable_starter_spec(tmp_path: Path) -> None:
     out = tmp_path / "starter.yaml"
     assert main(["init", str(tmp_path / "churn_train.csv"), "--target", "churned", "--id", "customer_id",
                  "--test", str(tmp_path / "churn_test.csv"), "--out", str(out)]) == 0
-    from workflows.spec import load_spec
+    from foldwise.workflows.pipeline.spec import load_spec
 
     spec = load_spec(out)
     assert spec.task == "binary" and spec.metric == "roc_auc" and spec.cv.folds == 5
@@ -218,8 +218,9 @@ def test_sigint_ends_the_run_failed_even_when_started_with_sigint_ignored(tmp_pa
 
 def test_marks_run_failed_ends_every_run_and_closes_the_executor(tmp_path: Path) -> None:
     """The one failure path of run, ablate and check: FAILED runs, RunFailed naming the parent, executor closed."""
-    from workflows import tracking as tk
-    from workflows.failures import RunFailed, marks_run_failed
+    from foldwise.workflows.tracking import tracker as tk
+    from foldwise.workflows.pipeline.failures import marks_run_failed
+    from foldwise.workflows.errors import RunFailed
 
     class Executor:
         closed = 0

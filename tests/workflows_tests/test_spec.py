@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows.spec import SpecError, load_spec
+from foldwise.workflows.pipeline.spec import load_spec
+
+from foldwise.workflows.errors import SpecError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
 

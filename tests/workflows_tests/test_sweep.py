@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, store_state
-from workflows.cli import main
+from foldwise.workflows.cli.main import main
 
 TRIALS = 8
 GOOD_LIMIT = 150  # min_child_samples below this fits real trees on every fold
@@ -43,7 +43,7 @@ def sweep_spec(**search) -> dict:
 
 @pytest.fixture(scope="module")
 def sweep(ray_cluster, tmp_path_factory):
-    from workflows.sweep import run_sweep
+    from foldwise.workflows.commands.sweep import run_sweep
 
     d = tmp_path_factory.mktemp("sweep")
     uri = f"sqlite:///{d / 'mlflow.db'}"
@@ -131,7 +131,7 @@ def test_the_sampler_is_optunas_tpe_seeded_with_the_spec_seed(sweep) -> None:
     """Fewer trials than TPE's startup trials: the draws are the seeded sampler's, in order."""
     import optuna
 
-    from workflows.search_space import parse_space, to_optuna
+    from foldwise.workflows.pipeline.search_space import parse_space, to_optuna
 
     result, _ = sweep
     space = {d.name: to_optuna(d) for d in parse_space(sweep_spec()["search"]["space"])}
@@ -184,8 +184,8 @@ def test_plots_and_importances_from_trial_records(tmp_path: Path) -> None:
     """Optuna's evaluator and plots on the sweep's own records: completed trials only, pruned and failed kept apart."""
     from PIL import Image
 
-    from tasks.sweep_report import TrialOutcome, importances, study_of, write_plots
-    from workflows.search_space import parse_space, to_optuna
+    from foldwise.tasks.sweep_report import TrialOutcome, importances, study_of, write_plots
+    from foldwise.workflows.pipeline.search_space import parse_space, to_optuna
 
     space = {d.name: to_optuna(d) for d in parse_space(sweep_spec()["search"]["space"])}
     rng = np.random.default_rng(0)
@@ -214,7 +214,7 @@ def test_parallel_folds_in_placement_groups_with_the_median_rule(sweep, tmp_path
     Same spec and seed as the main sweep, so the first trial has the same params; its fold
     scores must equal the sequential ones exactly.
     """
-    from workflows.sweep import run_sweep
+    from foldwise.workflows.commands.sweep import run_sweep
 
     main_result, _ = sweep
     spec = sweep_spec(parallel_folds=True, pruner="median", trials=3, refit=False)
@@ -285,7 +285,7 @@ def _trial_states(db: Path) -> dict[str, int]:
 
 def _saved_tune_trials(tune_path: Path) -> dict[str, str]:
     """Tune's own saved view of the trials (what a resume starts from): trial id -> status."""
-    from workflows.sweep import saved_trials
+    from foldwise.workflows.commands.sweep import saved_trials
 
     try:
         return {t.trial_id: t.status for t in saved_trials(tune_path).values()}

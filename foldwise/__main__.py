@@ -1,0 +1,7 @@
+"""`python -m foldwise` is the `foldwise` command."""
+
+import sys
+
+from foldwise.workflows.cli.main import main
+
+sys.exit(main())

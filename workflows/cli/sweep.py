@@ -1,0 +1,70 @@
+"""`foldwise sweep SPEC`: tune one model's hyperparameters (Optuna TPE on Ray Tune), every trial in MLflow."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from foldwise.workflows.cli.main import EXIT_OK, add_common_arguments, bad_input, failed
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_common_arguments(p)
+    p.add_argument("--trials", type=int, help="number of trials (default: search.trials)")
+    p.add_argument("--concurrency", type=int, help="trials at once (default: as many as the cluster holds)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="stop starting and running trials after this long")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN_ID",
+                   help="continue the latest unfinished sweep of this spec (or the one with this parent run id)")
+    p.add_argument("--storage", metavar="DIR",
+                   help="where sweeps keep their Ray Tune state (default $FOLDWISE_SWEEPS or .foldwise/sweeps)")
+
+
+def command(args: argparse.Namespace) -> int:
+    from foldwise.workflows.errors import InputError
+    from foldwise.workflows.errors import RunFailed
+    from foldwise.workflows.errors import SpecError
+
+    if args.executor != "ray":
+        return bad_input("--executor local: a sweep runs its trials on Ray Tune; leave --executor out")
+    try:
+        from foldwise.workflows.commands.sweep import run_sweep
+
+        result = run_sweep(args.spec, overrides=args.overrides, trials=args.trials, concurrency=args.concurrency,
+                           timeout=args.timeout, resume=args.resume, out=args.out, tracking_uri=args.tracking_uri,
+                           address=args.address, storage=args.storage, progress=not args.no_progress,
+                           no_cache=args.no_cache, cache_root=args.cache_root)
+    except (SpecError, InputError) as e:
+        return bad_input(str(e))
+    except RunFailed as e:
+        return failed(str(e), e.run_id)
+    print_trials(result)
+    print(str(Path(result.out_dir) / "summary.json"))
+    return EXIT_OK
+
+
+def print_trials(result) -> None:  # noqa: ANN001 - a foldwise.workflows.commands.sweep.SweepResult
+    from rich.console import Console
+    from rich.table import Table
+
+    s = result.summary
+    done = sorted((o for o in result.outcomes if o.state == "completed"), key=lambda o: -o.cv_score)[:5]
+    c = s["trials"]
+    table = Table(title=f"{s['experiment']}: sweep of {s['model']} ({s['metric']}, greater is better)",
+                  caption=f"{c['total']} trials: {c['completed']} completed, {c['pruned']} pruned, {c['failed']} failed"
+                          + (f", {c['stopped']} stopped by --timeout" if c["stopped"] else "")
+                          + (f"; {c['interrupted']} interrupted attempts" if c["interrupted"] else ""))
+    table.add_column("trial", justify="right")
+    table.add_column("cv score", justify="right")
+    table.add_column("params")
+    for o in done:
+        table.add_row(str(o.number), f"{o.cv_score:.5f}", ", ".join(f"{k}={_short(v)}" for k, v in o.params.items()))
+    console = Console()
+    console.print(table)
+    if s.get("refit"):
+        console.print(f"refit of the best params: {s['metric']} {s['refit']['cv_score']:.5f} "
+                      f"(MLflow run {s['refit']['run_id']}, outputs in {s['refit']['out_dir']})")
+    console.print(f"MLflow run {s['run_id']} in experiment {s['experiment']!r} ({s['tracking_uri']})")
+
+
+def _short(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

@@ -1,0 +1,290 @@
+"""Where tasks run: Ray (the default) or in-process (`--executor local`, for pdb).
+
+This is the only module that calls Ray. Workflows submit plain functions from `tasks`
+with the resources they need; arguments that are handles from earlier submissions are
+passed by reference (Ray resolves them zero-copy from the object store), so a DAG reads
+the same on both executors.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from foldwise.workflows.errors import InputError, TaskFailed, TaskOutOfMemory
+
+
+class ClusterUnreachable(InputError):
+    """--address names no Ray cluster we can join (nothing listens, or its token refuses us): exit 2."""
+
+
+def _reachable(address: str, timeout: float = 3.0) -> None:
+    """Fail in seconds where ray.init would retry for minutes: something must accept a TCP connection."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(f"--address {address!r}: expected HOST:PORT of a Ray head (GCS, port 6379 by default) "
+                                 "or ray://HOST:10001")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterUnreachable(f"--address {address}: nothing answers there ({e.strerror or e}); start a cluster "
+                                 "(`foldwise cluster up`, `ray start --head`) or leave --address out to run on a "
+                                 "local Ray") from None
+
+
+@dataclass(frozen=True)
+class Slot:
+    cpus: float = 1.0
+    gpus: float = 0.0
+    retries: int = 3  # on worker/node death only; a raising task is never retried
+    memory: int | None = None  # bytes reserved on the node (Ray packs fewer such tasks per node)
+
+
+# Ray retries a task its memory monitor killed forever by default (max_retries does not
+# apply), so a fold too big for any node would loop without a word. Bounded when this
+# process starts its Ray driver: the driver owns the retries, so this holds on a cluster
+# too. A RAY_task_oom_retries the user set wins.
+OOM_RETRIES = 2
+
+
+class RayExecutor:
+    """Submits to a Ray cluster: the one at `address`, the one already initialised, or a new local one."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+        start = time.perf_counter()  # start-up = importing Ray (~0.5 s) + starting or joining the cluster
+        import ray
+
+        self._ray = ray
+        if address is not None:
+            _reachable(address)
+        self.owns_cluster = not ray.is_initialized()
+        if self.owns_cluster:
+            os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))
+            if address is not None:
+                # Ray turns token auth on by itself only for clusters it starts or finds; for an
+                # explicit address it must be asked to, or a token-protected head refuses us.
+                from ray._raylet import AuthenticationTokenLoader
+
+                if "RAY_AUTH_MODE" not in os.environ and AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+                    os.environ["RAY_AUTH_MODE"] = "token"
+            try:
+                # "local": a cluster of our own, never one a `ray start` left on this machine
+                ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
+                         include_dashboard=False, logging_level="ERROR", log_to_driver=True,
+                         configure_logging=True)
+            except (ConnectionError, ray.exceptions.AuthenticationError) as e:
+                raise ClusterUnreachable(f"--address {address}: {_last_line(e)}") from None
+        self.startup_seconds = time.perf_counter() - start
+        self._remote: dict[tuple[Callable, bool], Any] = {}
+        self._names: dict[Any, str] = {}
+
+    def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
+        # A GPU task gets a fresh worker process (Ray's default for @ray.remote(num_gpus=...), lost when
+        # num_gpus is given only in .options()): CUDA binds a process to the devices it first saw, so a
+        # reused worker would train on its previous task's GPU whatever Ray assigned this one.
+        key = (fn, slot.gpus > 0)
+        remote = self._remote.get(key)
+        if remote is None:
+            remote = self._remote[key] = self._ray.remote(max_calls=1)(fn) if slot.gpus > 0 else self._ray.remote(fn)
+        label = name or fn.__name__
+        extra = {"memory": slot.memory} if slot.memory else {}
+        ref = remote.options(num_cpus=slot.cpus, num_gpus=slot.gpus, max_retries=slot.retries,
+                             retry_exceptions=False, name=label, **extra).remote(*args)
+        self._names[ref] = label
+        return ref
+
+    def cpus(self) -> float:
+        """The cluster's CPUs: more fold CPUs than this in flight means folds are waiting for slots."""
+        return float(self._ray.cluster_resources().get("CPU", 0.0))
+
+    def put(self, value: Any) -> Any:
+        """A value the driver already holds (e.g. from the cache), stored once for every task.
+
+        Not lineage-reconstructable, and it need not be: the primary copy lives in the object
+        store of the driver's own node and is owned by the driver, so it is lost only with the
+        driver's node, which ends the run anyway (task outputs are owned by the driver too).
+        Losing any other node leaves it readable (tests/workflows_tests/node_loss.py).
+        """
+        return self._ray.put(value)
+
+    def get(self, handle: Any) -> Any:
+        return self._unwrap(handle)
+
+    def as_completed(self, handles: list[Any]) -> Iterator[tuple[Any, Any]]:
+        pending = list(handles)
+        while pending:
+            done, pending = self._ray.wait(pending, num_returns=1)
+            yield done[0], self._unwrap(done[0])
+
+    def finished(self, handles: list[Any]) -> list[tuple[Any, Any]]:
+        """(handle, value) of the tasks that already succeeded, without waiting for the rest."""
+        done, _ = self._ray.wait(list(handles), num_returns=len(handles), timeout=0) if handles else ([], [])
+        out = []
+        for h in done:
+            try:
+                out.append((h, self._unwrap(h)))
+            except TaskFailed:
+                pass
+        return out
+
+    def cancel(self, handles: list[Any]) -> None:
+        for h in handles:
+            self._ray.cancel(h, force=False)
+
+    def _unwrap(self, handle: Any) -> Any:
+        try:
+            return self._ray.get(handle)
+        except self._ray.exceptions.OutOfMemoryError as e:
+            raise TaskOutOfMemory(self._names.get(handle, "task"), _memory_facts(str(e))) from None
+        except self._ray.exceptions.RayTaskError as e:
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            raise TaskFailed(self._names.get(handle, "task"), _last_line(cause)) from None
+        except self._ray.exceptions.RayError as e:
+            raise TaskFailed(self._names.get(handle, "task"), _last_line(e)) from None
+
+    def close(self) -> None:
+        if self.owns_cluster:
+            self._ray.shutdown()
+
+
+class LocalHandle:
+    def __init__(self, fn: Callable, args: tuple, name: str) -> None:
+        self.fn, self.args, self.name = fn, args, name
+        self._done, self._value, self._error = False, None, None
+
+    def result(self) -> Any:
+        if not self._done:
+            args = [a.result() if isinstance(a, LocalHandle) else a for a in self.args]
+            try:
+                self._value = self.fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported like Ray's executor does
+                self._error = TaskFailed(self.name, _last_line(e))
+                self._error.__cause__ = e
+            self._done = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class LocalExecutor:
+    """Runs the same DAG in this process, in submission order (set breakpoints in tasks)."""
+
+    name = "local"
+    startup_seconds = 0.0
+
+    def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> LocalHandle:
+        return LocalHandle(fn, args, name or fn.__name__)
+
+    def cpus(self) -> float:
+        """Unbounded: folds run one at a time in this process, never waiting for a slot."""
+        return math.inf
+
+    def put(self, value: Any) -> Any:
+        return value
+
+    def get(self, handle: LocalHandle | Any) -> Any:
+        return handle.result() if isinstance(handle, LocalHandle) else handle  # a value put is its own handle
+
+    def as_completed(self, handles: list[LocalHandle]) -> Iterator[tuple[LocalHandle, Any]]:
+        for h in handles:
+            yield h, h.result()
+
+    def finished(self, handles: list[LocalHandle]) -> list[tuple[LocalHandle, Any]]:
+        return [(h, h._value) for h in handles if h._done and h._error is None]
+
+    def cancel(self, handles: list[LocalHandle]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class LazyExecutor:
+    """Starts the real executor only when a task must run: a fully cached rerun never starts Ray."""
+
+    def __init__(self, kind: str = "ray", address: str | None = None) -> None:
+        if kind not in ("ray", "local"):
+            raise ValueError(f"unknown executor {kind!r} (valid: ray, local)")
+        self.kind, self.address = kind, address
+        self._inner: RayExecutor | LocalExecutor | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._inner is not None
+
+    @property
+    def startup_seconds(self) -> float:
+        return self._inner.startup_seconds if self._inner is not None else 0.0
+
+    def _start(self) -> RayExecutor | LocalExecutor:
+        if self._inner is None:
+            self._inner = make_executor(self.kind, self.address)
+        return self._inner
+
+    def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
+        return self._start().submit(fn, *args, slot=slot, name=name)
+
+    def cpus(self) -> float:
+        """The executor's CPUs; unbounded while it has not started (nothing runs, nothing waits)."""
+        return self._inner.cpus() if self._inner is not None else math.inf
+
+    def put(self, value: Any) -> Any:
+        return self._start().put(value)
+
+    def get(self, handle: Any) -> Any:
+        return self._start().get(handle)
+
+    def as_completed(self, handles: list[Any]) -> Iterator[tuple[Any, Any]]:
+        return self._start().as_completed(handles) if handles else iter(())
+
+    def run(self, fn: Callable, *args: Any, name: str | None = None) -> Any:
+        """fn(*args) as a task when the executor is up anyway, else right here (cheap nodes)."""
+        if self._inner is None:
+            try:
+                return fn(*args)
+            except Exception as e:  # noqa: BLE001 - reported like a task failure
+                raise TaskFailed(name or fn.__name__, _last_line(e)) from e
+        return self.get(self.submit(fn, *args, name=name))
+
+    def finished(self, handles: list[Any]) -> list[tuple[Any, Any]]:
+        return self._inner.finished(handles) if self._inner is not None and handles else []
+
+    def cancel(self, handles: list[Any]) -> None:
+        if self._inner is not None:
+            self._inner.cancel(handles)
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+
+
+def make_executor(kind: str = "ray", address: str | None = None) -> RayExecutor | LocalExecutor:
+    if kind == "local":
+        return LocalExecutor()
+    if kind == "ray":
+        return RayExecutor(address=address or os.environ.get("RAY_ADDRESS") or None)
+    raise ValueError(f"unknown executor {kind!r} (valid: ray, local)")
+
+
+def _memory_facts(message: str) -> str:
+    """The two useful lines of Ray's long OOM report: how full the node was, and the threshold."""
+    used = re.search(r"Memory on the node \(.*?\) was (.*?)(?:\n|$)", message)
+    reason = re.search(r"OOM kill reason: (.*?)(?:\n|$)", message)
+    facts = "; ".join([f"node memory {used.group(1).strip()}"] * bool(used) + [reason.group(1).strip()] * bool(reason))
+    return f"OutOfMemoryError: {facts}" if facts else f"OutOfMemoryError: {message.strip().splitlines()[0]}"
+
+
+def _last_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}".rstrip(": ")
