@@ -65,8 +65,8 @@ def main() -> None:
         g: np.array([j for j, c in enumerate(features) if c not in set(cols)]) for g, cols in groups.items()}
     n_fits = len(variants) * args.folds
 
-    from joblib import Parallel, delayed
     import lightgbm as lgb
+    from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
     cv = StratifiedKFold(args.folds, shuffle=True, random_state=0)

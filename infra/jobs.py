@@ -132,8 +132,8 @@ def prepare_job(spec: str, cmd: str, extra: list[str], working_dir: str, trackin
     """Check the spec and arguments as the cluster will see them; build the job."""
     from foldwise.workflows.cli.main import COMMANDS as CLI_COMMANDS
     from foldwise.workflows.cli.main import build_parser
-    from foldwise.workflows.pipeline.spec import load_spec
     from foldwise.workflows.errors import SpecError
+    from foldwise.workflows.pipeline.spec import load_spec
 
     root = Path(working_dir).expanduser().resolve()
     if not root.is_dir():

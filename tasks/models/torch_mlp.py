@@ -24,7 +24,6 @@ from foldwise.tasks.models import FitContext, ModelConfig, inner_split
 from foldwise.tasks.models.mlp_params import DEFAULTS, check_params
 
 
-
 def _network(n_in: int, hidden: list[int], dropout: float, n_out: int) -> nn.Module:
     layers: list[nn.Module] = []
     width = n_in

@@ -8,9 +8,9 @@ import shlex
 
 import pytest
 
-from tests.infra_tests.conftest import REPO
 from foldwise.infra import jobs as submit
 from foldwise.infra.jobs import JobsError, prepare_job
+from tests.infra_tests.conftest import REPO
 
 SPEC = str(REPO / "workflows" / "examples" / "breast_cancer.yaml")
 

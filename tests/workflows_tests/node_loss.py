@@ -50,8 +50,8 @@ def in_flight(log: str) -> list[str]:
 def faulty_run(cluster, victim, spec: dict, work: Path, name: str, temp_dir: str) -> tuple[dict, object]:
     """Run the spec in a thread; here (node changes need the main thread) kill `victim` (no
     grace) as soon as a fold is fitting on it, then add a fresh node."""
-    from tests.workflows_tests.fault_adapters import attempts
     from foldwise.workflows.commands.run import run_cv
+    from tests.workflows_tests.fault_adapters import attempts
 
     log = spec["models"][0]["params"]["log"]
     box: dict = {}

@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import store_state
-from foldwise.workflows.commands.ablate import run_ablation
 from foldwise.workflows.cli.main import main
+from foldwise.workflows.commands.ablate import run_ablation
 from foldwise.workflows.commands.run import run_cv
 from foldwise.workflows.errors import RunFailed
+from tests.conftest import store_state
 
 FOLDS = 4
 GROUPS = {"strong": ["s*"], "weak": ["w1", "w2"], "noise": ["z*"]}

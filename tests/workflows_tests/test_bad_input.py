@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import store_state
 from foldwise.workflows.cli.main import main
+from tests.conftest import store_state
 
 
 @pytest.fixture(scope="module")

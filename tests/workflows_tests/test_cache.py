@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.commands.run import run_cv
+from foldwise.workflows.engine.cache import Cache
 
 
 def spec(data: Path, log: Path, **changes) -> dict:

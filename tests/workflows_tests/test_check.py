@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import store_state
 from foldwise.workflows.cli.main import main
+from tests.conftest import store_state
 
 N_TRAIN, N_TEST = 3000, 1500
 CONTRACT_KEYS = {"command", "run_id", "experiment", "errors", "warnings", "adversarial_auc",
@@ -173,8 +173,8 @@ def test_a_planted_leak_is_flagged_without_starting_anything(data: Path, store: 
 
 
 def test_data_warnings_is_the_cheap_part_for_foldwise_run(data: Path) -> None:
-    from foldwise.workflows.pipeline.inputs import data_warnings, validate_inputs
     from foldwise.workflows.errors import InputError
+    from foldwise.workflows.pipeline.inputs import data_warnings, validate_inputs
     from foldwise.workflows.pipeline.spec import load_spec
 
     spec = load_spec(spec_file(data, "dw", test="test_leak.csv", train="train_leak.csv"))

@@ -21,13 +21,12 @@ import pytest
 import yaml
 from sklearn.model_selection import StratifiedKFold
 
-from tests.workflows_tests.fault_adapters import attempts
-from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.cli.main import main
 from foldwise.workflows.commands.run import run_cv
-from foldwise.workflows.errors import RunFailed
+from foldwise.workflows.engine.cache import Cache
+from foldwise.workflows.errors import RunFailed, SpecError
 from foldwise.workflows.pipeline.spec import load_spec
-from foldwise.workflows.errors import SpecError
+from tests.workflows_tests.fault_adapters import attempts
 
 REPO = Path(__file__).resolve().parents[2]
 ADAPTERS = "tests.workflows_tests.fault_adapters"

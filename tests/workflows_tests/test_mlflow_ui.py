@@ -76,8 +76,8 @@ def two_runs_compared(ray_cluster, mlflow_server, tmp_path_factory) -> dict[str,
 
     from foldwise.workflows.commands.compare import compare
     from foldwise.workflows.commands.run import run_cv
-    from foldwise.workflows.pipeline.spec import load_spec
     from foldwise.workflows.commands.sweep import run_sweep
+    from foldwise.workflows.pipeline.spec import load_spec
 
     out = tmp_path_factory.mktemp("ui-runs")
     a = run_cv(load_spec(SPEC), out=out / "a", tracking_uri=mlflow_server).run_id

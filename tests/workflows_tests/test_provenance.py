@@ -19,7 +19,13 @@ import sklearn
 import yaml
 
 from foldwise.workflows.commands.run import run_cv
-from foldwise.workflows.pipeline.provenance import COMMON_LIBRARIES, MODEL_LIBRARIES, adapter_version, library_versions, tasks_version
+from foldwise.workflows.pipeline.provenance import (
+    COMMON_LIBRARIES,
+    MODEL_LIBRARIES,
+    adapter_version,
+    library_versions,
+    tasks_version,
+)
 
 ADAPTER = '''
 import numpy as np

@@ -218,9 +218,9 @@ def test_sigint_ends_the_run_failed_even_when_started_with_sigint_ignored(tmp_pa
 
 def test_marks_run_failed_ends_every_run_and_closes_the_executor(tmp_path: Path) -> None:
     """The one failure path of run, ablate and check: FAILED runs, RunFailed naming the parent, executor closed."""
-    from foldwise.workflows.tracking import tracker as tk
-    from foldwise.workflows.pipeline.failures import marks_run_failed
     from foldwise.workflows.errors import RunFailed
+    from foldwise.workflows.pipeline.failures import marks_run_failed
+    from foldwise.workflows.tracking import tracker as tk
 
     class Executor:
         closed = 0

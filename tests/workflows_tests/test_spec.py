@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pydantic
 import pytest
 import yaml
 
-from foldwise.workflows.pipeline.spec import load_spec
-
 from foldwise.workflows.errors import SpecError
+from foldwise.workflows.pipeline.spec import load_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "workflows" / "examples"
 
@@ -29,7 +29,7 @@ def test_examples_load(path: Path) -> None:
 
 def test_frozen() -> None:
     spec = load_spec(minimal())
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         spec.name = "other"  # type: ignore[misc]
 
 

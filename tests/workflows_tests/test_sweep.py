@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import REPO, store_state
 from foldwise.workflows.cli.main import main
+from tests.conftest import REPO, store_state
 
 TRIALS = 8
 GOOD_LIMIT = 150  # min_child_samples below this fits real trees on every fold

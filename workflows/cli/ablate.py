@@ -21,9 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     from foldwise.workflows.commands.ablate import run_ablation
-    from foldwise.workflows.errors import InputError
-    from foldwise.workflows.errors import RunFailed
-    from foldwise.workflows.errors import SpecError
+    from foldwise.workflows.errors import InputError, RunFailed, SpecError
 
     try:
         result = run_ablation(args.spec, groups=_names(args.groups), models=_names(args.models),

@@ -14,8 +14,8 @@ def command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from foldwise.workflows.cli.main import EXIT_OK, bad_input
     from foldwise.infra.jobs import JobsError, call, connect, resolve_address, status_name
+    from foldwise.workflows.cli.main import EXIT_OK, bad_input
 
     try:
         address = resolve_address(args.address)

@@ -13,8 +13,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.cli.main import EXIT_FAILED, EXIT_OK, bad_input
     from foldwise.infra.jobs import JobsError, call, connect, follow, resolve_address, status_name
+    from foldwise.workflows.cli.main import EXIT_FAILED, EXIT_OK, bad_input
 
     try:
         address = resolve_address(args.address)

@@ -15,10 +15,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.errors import InputError
     from foldwise.workflows.commands.run import run_cv
-    from foldwise.workflows.errors import RunFailed
-    from foldwise.workflows.errors import SpecError
+    from foldwise.workflows.errors import InputError, RunFailed, SpecError
 
     try:
         result = run_cv(args.spec, overrides=args.overrides, out=args.out, tracking_uri=args.tracking_uri,

@@ -20,9 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.errors import InputError
-    from foldwise.workflows.errors import RunFailed
-    from foldwise.workflows.errors import SpecError
+    from foldwise.workflows.errors import InputError, RunFailed, SpecError
 
     if args.executor != "ray":
         return bad_input("--executor local: a sweep runs its trials on Ray Tune; leave --executor out")

@@ -40,8 +40,8 @@ def port_free(port: int) -> bool:
 
 
 def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.tracking import tracker as tk
     from foldwise.workflows.cli.main import EXIT_OK, bad_input
+    from foldwise.workflows.tracking import tracker as tk
 
     uri = tk.resolve_uri(args.tracking_uri)
     if uri.startswith(("http://", "https://")):

@@ -44,10 +44,6 @@ from foldwise.tasks.ablation import (
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.report import write_json
 from foldwise.tasks.train import FoldResult
-from foldwise.workflows.tracking import tracker as tk
-from foldwise.workflows.engine.cache import Cache, key_of
-from foldwise.workflows.pipeline.inputs import Inputs, usable_tracking_uri, validate_inputs
-from foldwise.workflows.errors import InputError
 from foldwise.workflows.commands.run import (
     MLFLOW_SETUP_WAIT_S,
     FoldLog,
@@ -56,16 +52,18 @@ from foldwise.workflows.commands.run import (
     _ensemble,
     _submit,
     model_config,
-    set_up_when,
     node_keys,
+    set_up_when,
 )
+from foldwise.workflows.engine.cache import Cache, key_of
 from foldwise.workflows.engine.executor import LazyExecutor, Slot
-from foldwise.workflows.errors import TaskFailed
-from foldwise.workflows.pipeline.failures import OpenRuns, describe_failure, marks_runs_failed
-from foldwise.workflows.errors import RunFailed
 from foldwise.workflows.engine.idle import on_idle_thread
+from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
+from foldwise.workflows.pipeline.failures import OpenRuns, describe_failure, marks_runs_failed
+from foldwise.workflows.pipeline.inputs import Inputs, usable_tracking_uri, validate_inputs
 from foldwise.workflows.pipeline.provenance import code_version, git_commit, tasks_version
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec, to_yaml
+from foldwise.workflows.tracking import tracker as tk
 
 BASELINE = "baseline"
 CLOSED_FORM_METRICS = ("roc_auc", "accuracy", "neg_log_loss", "neg_mean_squared_error", "neg_root_mean_squared_error",

@@ -31,10 +31,10 @@ from foldwise.tasks.drift import (
     series_drift,
     summarise_adversarial,
 )
-from foldwise.workflows.pipeline.inputs import DataFindings, Inputs, data_findings, usable_tracking_uri, validate_inputs
-from foldwise.workflows.errors import InputError
 from foldwise.tasks.report import write_json
 from foldwise.workflows.cli.main import EXIT_OK, add_common_arguments, bad_input, failed
+from foldwise.workflows.errors import InputError
+from foldwise.workflows.pipeline.inputs import DataFindings, Inputs, data_findings, usable_tracking_uri, validate_inputs
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
 
 TOP_FEATURES = 10  # top_adversarial_features in summary.json
@@ -80,8 +80,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.errors import RunFailed
-    from foldwise.workflows.errors import SpecError
+    from foldwise.workflows.errors import RunFailed, SpecError
 
     if args.folds is not None and args.folds < 2:
         return bad_input(f"--folds must be at least 2 (got {args.folds})")
@@ -131,10 +130,10 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
     Raises SpecError/InputError before anything starts or is logged, RunFailed when a
     task fails (the MLflow run is then marked FAILED).
     """
-    from foldwise.workflows.tracking import tracker as tk
     from foldwise.workflows.engine.executor import LazyExecutor
     from foldwise.workflows.pipeline.failures import marks_run_failed
     from foldwise.workflows.pipeline.provenance import code_version, git_commit
+    from foldwise.workflows.tracking import tracker as tk
 
     wall_start = time.perf_counter()
     if not isinstance(spec, WorkflowSpec):
@@ -186,8 +185,8 @@ def _submit(ex: Any, spec: WorkflowSpec, inputs: Inputs, reference: str | None, 
     The id and groups columns are left out: ids differ between sides by construction,
     and the question is whether the *features* differ.
     """
-    from foldwise.workflows.engine.executor import Slot
     from foldwise.tasks.data import prepare_data
+    from foldwise.workflows.engine.executor import Slot
 
     other = reference or spec.data.test
     if other is None:

@@ -71,7 +71,15 @@ def command(args: argparse.Namespace) -> int:
 def compare(run_a: str, run_b: str, *, out: str | Path | None = None, tracking_uri: str | None = None,
             n_boot: int = 200, log: bool = True, seed: int = 0) -> CompareResult:
     """The Python API of `foldwise compare`. Raises CompareInputError before writing anything."""
-    from foldwise.tasks.compare import compare_runs, note_markdown, plot_fold_deltas, plot_slice_grid, sections, to_html, to_markdown
+    from foldwise.tasks.compare import (
+        compare_runs,
+        note_markdown,
+        plot_fold_deltas,
+        plot_slice_grid,
+        sections,
+        to_html,
+        to_markdown,
+    )
     from foldwise.tasks.report import write_json
     from foldwise.tasks.slices import SliceError
     from foldwise.workflows.tracking import tracker as tk

@@ -20,33 +20,31 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from foldwise.infra import storage
 from foldwise.tasks.data import DataError, PreparedData, prepare_data, prepare_frames
 from foldwise.tasks.ensemble import EnsembleResult, blend
 from foldwise.tasks.folds import FoldPlan, assign_folds
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.report import (
-    write_json,
     LeaderboardRow,
     leaderboard_markdown,
     oof_frame,
     submission_frame,
     test_frame,
+    write_json,
 )
 from foldwise.tasks.slices import feature_frame, slice_scores
 from foldwise.tasks.train import FoldResult, train_fold
-from foldwise.infra import storage
-from foldwise.workflows.tracking import tracker as tk
-from foldwise.workflows.pipeline.inputs import Inputs, data_warnings, usable_tracking_uri, validate_inputs
-from foldwise.workflows.errors import InputError
 from foldwise.workflows.engine.cache import Cache, key_of, source_stamp
 from foldwise.workflows.engine.executor import LazyExecutor, Slot
-from foldwise.workflows.errors import TaskFailed
-from foldwise.workflows.pipeline.failures import OpenRuns, describe_failure, marks_runs_failed
-from foldwise.workflows.errors import RunFailed
-from foldwise.workflows.tracking.fold_runs import log_fold_run
 from foldwise.workflows.engine.idle import IdleWork, on_idle_thread
+from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
+from foldwise.workflows.pipeline.failures import OpenRuns, describe_failure, marks_runs_failed
+from foldwise.workflows.pipeline.inputs import Inputs, data_warnings, usable_tracking_uri, validate_inputs
 from foldwise.workflows.pipeline.provenance import adapter_version, code_version, git_commit, tasks_version
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec, to_yaml
+from foldwise.workflows.tracking import tracker as tk
+from foldwise.workflows.tracking.fold_runs import log_fold_run
 
 
 @dataclass(frozen=True)

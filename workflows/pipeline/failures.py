@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from foldwise.workflows.errors import TaskFailed, TaskOutOfMemory
 from foldwise.workflows.engine.idle import IdleWork, done
+from foldwise.workflows.errors import RunFailed, TaskFailed, TaskOutOfMemory
 from foldwise.workflows.pipeline.spec import WorkflowSpec
 from foldwise.workflows.units import human_size
 

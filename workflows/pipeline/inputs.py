@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from foldwise.tasks.data import DataConfig, DataError, DataSummary, inspect_data
 from foldwise.tasks.folds import fold_problem
 from foldwise.tasks.metrics import DEFAULT_METRIC, check_metric
-from foldwise.workflows.tracking import tracker as tk
+from foldwise.workflows.errors import InputError, SpecError
 from foldwise.workflows.pipeline.spec import WorkflowSpec
-from foldwise.workflows.errors import SpecError
+from foldwise.workflows.tracking import tracker as tk
 
 
 def usable_tracking_uri(explicit: str | None, spec: WorkflowSpec) -> str:

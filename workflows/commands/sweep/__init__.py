@@ -48,19 +48,26 @@ from foldwise.tasks.data import PreparedData, prepare_data
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.report import write_json
-from foldwise.tasks.sweep_report import FINAL_STATES, TrialOutcome, best_of, counts, importances, study_of, trials_frame, write_plots
+from foldwise.tasks.sweep_report import (
+    FINAL_STATES,
+    TrialOutcome,
+    best_of,
+    counts,
+    importances,
+    study_of,
+    trials_frame,
+    write_plots,
+)
 from foldwise.tasks.trial import FoldScore, score_fold
-from foldwise.workflows.tracking import tracker as tk
-from foldwise.workflows.engine.cache import Cache
-from foldwise.workflows.pipeline.inputs import Inputs, _model_param_problem, usable_tracking_uri, validate_inputs
-from foldwise.workflows.errors import InputError
 from foldwise.workflows.commands.run import fold_plan, model_config, node_keys
+from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.executor import RayExecutor, make_executor
-from foldwise.workflows.errors import TaskFailed
-from foldwise.workflows.errors import RunFailed
+from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
+from foldwise.workflows.pipeline.inputs import Inputs, _model_param_problem, usable_tracking_uri, validate_inputs
 from foldwise.workflows.pipeline.provenance import code_version, git_commit
 from foldwise.workflows.pipeline.search_space import ParamDist, parse_space, to_optuna
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec, to_yaml
+from foldwise.workflows.tracking import tracker as tk
 
 SCORE = "score"  # what a trial reports after each fold: the running mean of its fold scores
 FOLDS_DONE = "folds_done"  # the pruners' clock
