@@ -86,7 +86,8 @@ def cli_run(spec: Path, cache: Path, uri: str, out: Path) -> tuple[float, dict]:
 
 def in_process(spec: Path, uri: str, out: Path, cache: Path, mode: str) -> dict:
     """One first run in this process: mode 'none' (no cache at all), 'empty' or 'no-cache'."""
-    import foldwise.workflows.commands.run as cv
+    import foldwise.workflows.pipeline.cross_validation as cv
+    from foldwise import run_cv
     from foldwise.workflows.engine.cache import Cache
 
     class NoCacheAtAll(Cache):
@@ -100,7 +101,7 @@ def in_process(spec: Path, uri: str, out: Path, cache: Path, mode: str) -> dict:
     real = cv.Cache
     cv.Cache = NoCacheAtAll if mode == "none" else real
     try:
-        summary = cv.run_cv(spec, out=out, tracking_uri=uri, cache_root=str(cache), no_cache=mode == "no-cache").summary
+        summary = run_cv(spec, out=out, tracking_uri=uri, cache_root=str(cache), no_cache=mode == "no-cache").summary
     finally:
         cv.Cache = real
     assert not any(any(m["cached"]) for m in summary["models"].values()), "a first run must fit every fold"

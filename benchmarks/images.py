@@ -102,7 +102,9 @@ def bench(dataset: str, table: Path | None, args: argparse.Namespace, gpu: bool,
 
     from foldwise.tasks.data import prepare_data
     from foldwise.tasks.train import train_fold
-    from foldwise.workflows.commands.run import fold_plan, model_config, run_cv
+    from foldwise import run_cv
+    from foldwise.workflows.pipeline.dag import fold_plan
+    from foldwise.workflows.pipeline.plan import model_config
     from foldwise.workflows.pipeline.inputs import validate_inputs
     from foldwise.workflows.pipeline.spec import load_spec
 

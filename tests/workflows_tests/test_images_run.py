@@ -53,7 +53,7 @@ def test_each_fold_has_a_nested_run_with_epoch_metrics_and_a_checkpoint(digits_r
     from foldwise.tasks.data import DataConfig, prepare_data
     from foldwise.tasks.models import FitContext, create_model
     from foldwise.tasks.models.torch_image import make_network
-    from foldwise.workflows.commands.run import model_config
+    from foldwise.workflows.pipeline.plan import model_config
     from foldwise.workflows.pipeline.spec import load_spec
     from foldwise.workflows.tracking.tracker import RunReader
 
@@ -135,7 +135,9 @@ def test_test_predictions_are_the_mean_over_folds(csv_run) -> None:
 
 def test_cached_rerun_logs_the_fold_runs_again_and_an_edited_image_changes_the_key(csv_run, session_dir) -> None:
     from foldwise.tasks.data import read_table
-    from foldwise.workflows.commands.run import model_config, node_keys, run_cv
+    from foldwise import run_cv
+    from foldwise.workflows.pipeline.dag import node_keys
+    from foldwise.workflows.pipeline.plan import model_config
     from foldwise.workflows.pipeline.inputs import validate_inputs
     from foldwise.workflows.pipeline.provenance import code_version
     from foldwise.workflows.pipeline.spec import load_spec

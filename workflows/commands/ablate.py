@@ -2,10 +2,10 @@
 
 The DAG reads top to bottom in `_run_dag`: the very nodes of `foldwise run` (prepare
 once, plan folds once, one `train_fold` per variant x model x fold, all submitted at
-once; cv._submit / cv._collect), where a variant is the baseline or the baseline
+once; pipeline.dag.submit_folds / collect_folds), where a variant is the baseline or the baseline
 without one feature group. The baseline's folds have exactly `foldwise run`'s cache
 keys, so a baseline an earlier run computed is read from the cache, not refitted.
-Then, per variant, the spec's ensemble on OOF (cv._ensemble); permutation importance
+Then, per variant, the spec's ensemble on OOF (pipeline.dag.ensemble_node); permutation importance
 on the baseline's fitted fold models (re-predicts only); and the paired statistics of
 tasks.ablation. Only the driver writes to MLflow: a parent run and one child per variant.
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from foldwise.infra import storage
 from foldwise.tasks.ablation import (
     IMPORTANCE_MEASURE,
     INTERVAL_METHOD,
@@ -44,24 +44,16 @@ from foldwise.tasks.ablation import (
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.report import write_json
 from foldwise.tasks.train import FoldResult
-from foldwise.workflows.commands.run import (
-    MLFLOW_SETUP_WAIT_S,
-    FoldLog,
-    _assemble_oof,
-    _collect,
-    _ensemble,
-    _submit,
-    model_config,
-    node_keys,
-    set_up_when,
-)
 from foldwise.workflows.engine.cache import Cache, key_of
 from foldwise.workflows.engine.executor import LazyExecutor, Slot
 from foldwise.workflows.engine.idle import on_idle_thread
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
+from foldwise.workflows.pipeline.dag import assemble_oof, collect_folds, ensemble_node, node_keys, submit_folds
 from foldwise.workflows.pipeline.failures import OpenRuns, describe_failure, marks_runs_failed
-from foldwise.workflows.pipeline.inputs import Inputs, usable_tracking_uri, validate_inputs
-from foldwise.workflows.pipeline.provenance import code_version, git_commit, tasks_version
+from foldwise.workflows.pipeline.inputs import Inputs
+from foldwise.workflows.pipeline.plan import RunPlan, plan_run
+from foldwise.workflows.pipeline.provenance import tasks_version
+from foldwise.workflows.pipeline.runs import MLFLOW_SETUP_WAIT_S, FoldLog, RunContext, open_runs, set_up_when
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec, to_yaml
 from foldwise.workflows.tracking import tracker as tk
 
@@ -81,11 +73,21 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class AblationPlan:
+    """What an ablation fits: the baseline and one variant per group, each variant x model a DAG node."""
+
+    variants: tuple[Variant, ...]  # the baseline first
+    nodes: dict[str, tuple[Variant, ModelConfig]]  # node name -> (variant, model)
+    n_boot: int  # bootstrap resamples of the intervals
+    repeats: int  # shuffles per group for permutation importance
+
+
+@dataclass(frozen=True)
 class AblationResult:
     """What `foldwise ablate` produces: the summary.json data, where it went, and the report text."""
 
     summary: dict[str, Any]
-    out_dir: Path
+    out_dir: Path | str  # a URI when the outputs go to one
     report: str
 
     @property
@@ -109,58 +111,53 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     if not isinstance(spec, WorkflowSpec):
         spec = load_spec(spec, overrides)
     spec = _only_models(spec, models)
-    inputs = validate_inputs(spec)
+    plan = plan_run(spec, tracking_uri)
+    inputs = plan.inputs
     if n_boot is not None and n_boot < MIN_BOOTSTRAP:
         raise InputError(f"--bootstrap: at least {MIN_BOOTSTRAP} resamples for a 95% interval (got {n_boot})")
     if repeats < 1:
         raise InputError(f"--repeats: at least 1 shuffle per group (got {repeats})")
     n_boot = n_boot or (BOOTSTRAP_DEFAULT if inputs.metric in CLOSED_FORM_METRICS else BOOTSTRAP_SLOW_DEFAULT)
     variants = plan_variants(spec, inputs, groups)
-    base = [model_config(m) for m in spec.models]
+    base = list(plan.models)
     nodes = {node_name(v, m): (v, m) for v in variants for m in base}
+    ablation = AblationPlan(variants=tuple(variants), nodes=nodes, n_boot=n_boot, repeats=repeats)
     fit_models = [replace(m, name=node) for node, (v, m) in nodes.items()]
     drops = {node: v.columns for node, (v, _) in nodes.items() if v.columns}
-    version = code_version(base)
-    keys = node_keys(spec, inputs, fit_models, version, drops)
-    uri = usable_tracking_uri(tracking_uri, spec)
+    keys = node_keys(spec, inputs, fit_models, plan.version, drops)
     phases = {"validate": time.perf_counter() - wall_start}
     ex = CountingExecutor(LazyExecutor(executor, address))
     cache = Cache(cache_root, enabled=not no_cache)
     try:
-        sub = _submit(ex, cache, spec, inputs, fit_models, keys, drops)  # runs while MLflow is set up below
+        sub = submit_folds(ex, cache, spec, inputs, fit_models, keys, drops)  # runs while MLflow is set up below
     except TaskFailed as e:
         ex.close()
         raise RunFailed(describe_failure(e, spec), None) from None
-
-    def open_runs() -> OpenRuns:
-        tracker = tk.Tracker(uri, spec.experiment)
-        tracker.fail_abandoned_runs()
-        tags = {tk.TAG_COMMAND: "ablate", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
-        parent = tracker.start_run(f"ablate-{datetime.fromtimestamp(started, timezone.utc):%Y%m%d-%H%M%S}", tags,
-                                   start_time=started)
-        children = {v.name: tracker.start_run(v.name, {**tags, tk.TAG_ABLATION_VARIANT: v.name}
-                                              | ({tk.TAG_ABLATION_DROPPED: v.dropped} if v.dropped else {}),
-                                              parent_id=parent, start_time=started) for v in variants}
-        tracker.log(parent, params=tk.flatten(spec.model_dump(mode="json"))
-                    | {"task": inputs.task, "metric": inputs.metric, "cv.scheme": inputs.scheme,
-                       "ablation.groups": ",".join(v.name for v in variants[1:]), "ablation.bootstrap": n_boot,
-                       "ablation.repeats": repeats})
-        return OpenRuns(tracker, parent, children)
 
     def log_fold(runs: OpenRuns, r: FoldResult) -> None:
         v, m = nodes[r.model]
         runs.tracker.log_step(runs.children[v.name], f"{tk.M_FOLD_SCORE}.{m.name}", r.score, step=r.fold)
 
-    # MLflow is set up on a CPU the folds leave free, as in `foldwise run` (see cv.run_cv)
-    runs = on_idle_thread(open_runs, name="foldwise-mlflow-setup", wait_at_most=MLFLOW_SETUP_WAIT_S)
+    # MLflow is set up on a CPU the folds leave free, as in `foldwise run` (see pipeline.runs.set_up_when)
+    runs = on_idle_thread(lambda: _open_runs(plan, ablation, started), name="foldwise-mlflow-setup",
+                          wait_at_most=MLFLOW_SETUP_WAIT_S)
     with marks_runs_failed(runs, ex, spec):
         log = FoldLog(runs, log_fold)
-        dag = _run_dag(ex, cache, sub, spec, inputs, base, variants, nodes, fit_models, keys, log, set_up_when(runs),
-                       progress, n_boot, repeats)
+        dag = _run_dag(ex, cache, sub, plan, ablation, fit_models, keys, log, set_up_when(runs), progress)
         opened = runs.result()
         log.flush()
-        return _finish(spec, inputs, base, variants, dag, ex, opened.tracker, opened.parent, dict(opened.children), out,
-                       n_boot, repeats, wall_start, phases | dag.phases)
+        ctx = RunContext(plan=plan, runs=opened, out=out, wall_start=wall_start, startup_seconds=ex.startup_seconds,
+                         phases=phases | dag.phases)
+        return _finish(ctx, ablation, dag, dict(ex.counts))
+
+
+def _open_runs(plan: RunPlan, ablation: AblationPlan, started: float) -> OpenRuns:
+    """A parent run and one child per variant (tagged with the group it drops)."""
+    children = {v.name: {tk.TAG_ABLATION_VARIANT: v.name} | ({tk.TAG_ABLATION_DROPPED: v.dropped} if v.dropped else {})
+                for v in ablation.variants}
+    return open_runs(plan, "ablate", children, started=started,
+                     params={"ablation.groups": ",".join(v.name for v in ablation.variants[1:]),
+                             "ablation.bootstrap": ablation.n_boot, "ablation.repeats": ablation.repeats})
 
 
 # --------------------------------------------------------------------------- the variants
@@ -234,18 +231,19 @@ class AblationDag:
     phases: dict[str, float]
 
 
-def _run_dag(ex: CountingExecutor, cache: Cache, sub: Any, spec: WorkflowSpec, inputs: Inputs,
-             base: list[ModelConfig], variants: list[Variant], nodes: dict[str, tuple[Variant, ModelConfig]],
+def _run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation: AblationPlan,
              fit_models: list[ModelConfig], keys: Any, log_fold: Callable[[FoldResult], None],
-             on_slots: Callable[[float, float], None], progress: bool, n_boot: int, repeats: int) -> AblationDag:
+             on_slots: Callable[[float, float], None], progress: bool) -> AblationDag:
     """Folds (cached or fitted) -> one ensemble per variant -> importance on the baseline -> paired statistics."""
-    data, plan, folds, phases = _collect(ex, cache, sub, fit_models, keys, log_fold, progress, on_slots)
+    spec, inputs, base, variants = run.spec, run.inputs, list(run.models), list(ablation.variants)
+    n_boot, repeats = ablation.n_boot, ablation.repeats
+    data, plan, folds, phases = collect_folds(ex, cache, sub, fit_models, keys, log_fold, progress, on_slots)
     tick = time.perf_counter()
     ens_names = spec.ensemble.models or [m.name for m in base]
     by_name = {m.name: m for m in base}
     headline = {}
     for v in variants:
-        ens, _ = _ensemble(ex, cache, spec, inputs, keys, [node_name(v, by_name[n]) for n in ens_names], folds,
+        ens, _ = ensemble_node(ex, cache, spec, inputs, keys, [node_name(v, by_name[n]) for n in ens_names], folds,
                            data, plan)
         headline[v.name] = (ens.oof, list(ens.fold_scores))
     phases["ensembles"] = time.perf_counter() - tick
@@ -275,7 +273,7 @@ def _statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, data: 
     ensemble the headline is that model, computed once.
     """
     y = data.y
-    oof = {node: _assemble_oof(rs, len(y)) for node, rs in folds.items()}
+    oof = {node: assemble_oof(rs, len(y)) for node, rs in folds.items()}
     calls: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, int]] = {}
     for i, v in enumerate(variants[1:], 1):
         seed = spec.cv.seed + i  # one resampling stream per variant, shared by its comparisons
@@ -344,14 +342,15 @@ def _importance(ex: CountingExecutor, cache: Cache, sub: Any, data: Any, plan: A
 # --------------------------------------------------------------------------- outputs
 
 
-def _finish(spec: WorkflowSpec, inputs: Inputs, base: list[ModelConfig], variants: list[Variant], dag: AblationDag,
-            ex: CountingExecutor, tracker: tk.Tracker, parent: str, children: dict[str, str],
-            out: str | Path | None, n_boot: int, repeats: int, wall_start: float,
-            phases: dict[str, float]) -> AblationResult:
+def _finish(ctx: RunContext, ablation: AblationPlan, dag: AblationDag, nodes_run: dict[str, int]) -> AblationResult:
+    """The report, chart, summary.json and MLflow logs of a finished ablation; the runs end FINISHED."""
     tick = time.perf_counter()
+    spec, inputs, base, variants = ctx.spec, ctx.plan.inputs, list(ctx.plan.models), list(ablation.variants)
+    n_boot, repeats = ablation.n_boot, ablation.repeats
+    tracker, parent = ctx.tracker, ctx.parent
     data, plan = dag.data, dag.plan
-    out_dir = Path(out) if out else Path("outputs") / spec.name / parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = ctx.out_target()
+    out_dir = storage.staging_folder(target)  # `target` itself, or a local folder uploaded to it at the end
     model_names = [m.name for m in base]
     ens_names = spec.ensemble.models or model_names
     headline = (f"the {spec.ensemble.method} ensemble of {', '.join(ens_names)}" if len(ens_names) > 1
@@ -427,13 +426,13 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, base: list[ModelConfig], variant
             "measure": IMPORTANCE_MEASURE, "repeats": repeats,
             "models": {m: ({g: {"mean": i.mean, "std": i.std} for g, i in imp.items()} if imp is not None else None)
                        for m, imp in dag.importance.items()}},
-        "dag": {"nodes_run": dict(sorted(ex.counts.items())),
+        "dag": {"nodes_run": dict(sorted(nodes_run.items())),
                 "fits": {"total": sum(len(c) for c in dag.cached.values()),
                          "cached": sum(sum(c) for c in dag.cached.values())}},
         "wall_seconds": 0.0,
-        "startup_seconds": ex.startup_seconds,
+        "startup_seconds": ctx.startup_seconds,
         "phase_seconds": {},
-        "outputs": {k: str(v) for k, v in outputs.items()},
+        "outputs": {k: storage.relocate(v, out_dir, target) for k, v in outputs.items()},
     }
     by_group = {v.name: v for v in variants}
     for o in ranked(outcomes):
@@ -448,16 +447,17 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, base: list[ModelConfig], variant
             "permutation_importance": {m: ({"mean": i.mean, "std": i.std} if i is not None else None)
                                        for m, i in o.importance.items()},
         })
-    _log(tracker, parent, children, variants, summary, dag, plan, data)
-    summary["phase_seconds"] = phases | {"outputs_and_tracking": time.perf_counter() - tick}
-    summary["wall_seconds"] = time.perf_counter() - wall_start
+    _log(tracker, parent, ctx.runs.children, variants, summary, dag, plan, data)
+    summary["phase_seconds"] = dict(ctx.phases) | {"outputs_and_tracking": time.perf_counter() - tick}
+    summary["wall_seconds"] = time.perf_counter() - ctx.wall_start
     write_json(outputs["summary"], summary)
     tracker.log(parent, metrics={"wall_seconds": summary["wall_seconds"]})
     tracker.log_artifacts(parent, out_dir)
-    return AblationResult(summary=summary, out_dir=out_dir, report=text)
+    storage.publish_folder(out_dir, target)
+    return AblationResult(summary=summary, out_dir=out_dir if not storage.is_uri(target) else target, report=text)
 
 
-def _log(tracker: tk.Tracker, parent: str, children: dict[str, str], variants: list[Variant],
+def _log(tracker: tk.Tracker, parent: str, children: Mapping[str, str], variants: list[Variant],
          summary: dict[str, Any], dag: AblationDag, plan: Any, data: Any) -> None:
     """Per variant child: its headline fold scores, per-model scores and (variants) the delta and verdict."""
     provenance = {tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint}

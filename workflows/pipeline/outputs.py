@@ -1,0 +1,70 @@
+"""What a run leaves in its output folder besides summary.json: OOF, test predictions,
+submission, leaderboard, feature importance, per-slice scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from foldwise.tasks.data import PreparedData
+from foldwise.tasks.folds import FoldPlan
+from foldwise.tasks.report import (
+    oof_frame,
+    submission_frame,
+    test_frame,
+)
+from foldwise.tasks.slices import feature_frame, slice_scores
+from foldwise.tasks.train import FoldResult
+from foldwise.workflows.pipeline.dag import DagOutput, assemble_oof, average_test
+from foldwise.workflows.pipeline.spec import WorkflowSpec, to_yaml
+
+
+def mean_importance(results: list[FoldResult]) -> dict[str, float]:
+    """A model's per-column importance averaged over folds ({} when its adapter reports none)."""
+    per_fold = [r.importance for r in results if r.importance]
+    if not per_fold:
+        return {}
+    columns = sorted({c for imp in per_fold for c in imp})
+    return {c: float(np.mean([imp.get(c, 0.0) for imp in per_fold])) for c in columns}
+
+
+def slice_summary(slices: dict[str, str], data: PreparedData, plan: FoldPlan, oof: dict[str, np.ndarray],
+                  metric: str) -> dict[str, dict[str, Any]]:
+    """Each spec slice's OOF score per model and the ensemble: {name: {query, rows, scores{model: score}}}."""
+    if not slices:
+        return {}
+    frame = feature_frame(data.X, data.columns, data.categories).assign(fold=plan.fold_of_row)
+    table = slice_scores(frame, slices, data.y, oof, metric, data.task)
+    return {name: {"query": slices[name], "rows": int(row.pop("rows")), "scores": row} for name, row in table.items()}
+
+
+
+def write_run_files(out_dir: Path, spec: WorkflowSpec, dag: DagOutput, leaderboard: str
+                    ) -> tuple[dict[str, np.ndarray], pd.DataFrame, dict[str, Path | None]]:
+    """A run's files in `out_dir`: OOF of every model and the ensemble, the leaderboard, the spec,
+    test predictions and the submission (with a test set), feature importance (when models report
+    it). Returns the OOF predictions by name, the OOF frame and the paths written (None: not made)."""
+    data, plan, ens = dag.data, dag.plan, dag.ensemble
+    oof_preds = {n: assemble_oof(rs, len(data.y)) for n, rs in dag.folds.items()} | {"ensemble": ens.oof}
+    oof = oof_frame(data, plan, oof_preds)
+    outputs: dict[str, Path | None] = {"oof": out_dir / "oof.parquet", "test_predictions": None,
+                                       "submission": None, "leaderboard": out_dir / "leaderboard.md",
+                                       "feature_importance": None}
+    oof.to_parquet(outputs["oof"], index=False)
+    outputs["leaderboard"].write_text(f"# {spec.name}: cross-validation leaderboard\n\n{leaderboard}")
+    if data.X_test is not None and ens.test is not None:
+        test_preds = {n: average_test(rs) for n, rs in dag.folds.items()} | {"ensemble": ens.test}
+        outputs["test_predictions"] = out_dir / "test_predictions.parquet"
+        outputs["submission"] = out_dir / "submission.csv"
+        test_frame(data, test_preds).to_parquet(outputs["test_predictions"], index=False)
+        submission_frame(data, ens.test).to_csv(outputs["submission"], index=False)
+    (out_dir / "spec.yaml").write_text(to_yaml(spec))
+    importances = {n: imp for n, rs in dag.folds.items() if (imp := mean_importance(rs))}
+    if importances:
+        outputs["feature_importance"] = out_dir / "feature_importance.json"
+        outputs["feature_importance"].write_text(json.dumps(importances, indent=1))
+    return oof_preds, oof, outputs
