@@ -24,6 +24,10 @@ _CLUSTERING = ("adjusted_", "completeness", "fowlkes", "homogeneity", "mutual_in
 
 @cache
 def _scorer(name: str):  # noqa: ANN202 - sklearn's private _Scorer type
+    """sklearn's scorer for `name`. Private attributes are read from it (`_response_method`,
+    `_sign`, `_score_func`, `_kwargs`): sklearn has no public API that applies a named scorer to
+    predictions (a scorer is only callable on a fitted estimator and X, which would refit or
+    re-predict each fold). They are the attributes `make_scorer` documents as its arguments."""
     return get_scorer(name)
 
 
