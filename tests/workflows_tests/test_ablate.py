@@ -203,6 +203,19 @@ def test_cli_subset_of_groups_and_models_fits_nothing_new(ws: Path, runs: dict, 
     assert fits(ws / "fits.log") == before, "every fold of this subset was computed by earlier commands"
 
 
+def test_default_outputs_go_under_foldwise_outputs(ws: Path, runs: dict, tmp_path: Path, monkeypatch, capsys) -> None:
+    """Without --out, the report lands in $FOLDWISE_OUTPUTS/<spec name>/<run id>/, as `foldwise run`'s do
+    (a cluster's jobs point it at a shared folder)."""
+    monkeypatch.setenv("FOLDWISE_OUTPUTS", str(tmp_path / "shared"))
+    code = main(["ablate", str(ws / "spec.yaml"), "--groups", "noise", "--models", "a", "--no-progress",
+                 "--bootstrap", "200", "--tracking-uri", f"sqlite:///{ws / 'mlflow.db'}", "--cache", str(ws / "cache")])
+    assert code == 0
+    last = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    s = json.loads(last.read_text())
+    assert last == tmp_path / "shared" / "ablate-test" / s["run_id"] / "summary.json"
+    assert Path(s["outputs"]["report"]).parent == last.parent
+
+
 @pytest.mark.parametrize("args,groups,message", [
     ([], {"strong": ["s*"], "typo": ["zz*"]}, "features.groups.typo: pattern 'zz*' matches no feature column"),
     ([], {"t": ["y"]}, "'y' is the target, not a feature"),
