@@ -1,23 +1,23 @@
-"""`foldwise cluster up|down|status`: a persistent desktop cluster (Ray head + MLflow server).
+"""A persistent desktop cluster (Ray head + MLflow server): start it, stop it (`foldwise cluster`).
 
 `up` starts, each in its own session so they outlive the command: the MLflow tracking
 server from `infra.mlflow_server` (data in DIR/mlflow) and a Ray head (`ray start --head
 --block`, dashboard and Jobs API on 127.0.0.1, Ray's token authentication on). Jobs on it
 inherit MLFLOW_TRACKING_URI (that server), FOLDWISE_CACHE (DIR/cache) and FOLDWISE_OUTPUTS
 (DIR/outputs), so `foldwise submit` needs no extra flags. What was started is recorded in
-DIR/cluster.json (pid, process group, start time), and `down` stops exactly those process
-trees, never other Ray clusters on the machine (it does not use `ray stop`, which kills
-every Ray of the user); runs, artifacts, cache and outputs stay in DIR.
+DIR/cluster.json (`infra.cluster_state`), and `down` stops exactly those process trees, never
+other Ray clusters on the machine (it does not use `ray stop`, which kills every Ray of the
+user); runs, artifacts, cache and outputs stay in DIR.
 
-Ray is started as a CLI process here rather than through `foldwise.workflows.engine.executor`, which
+This module prints nothing and knows no exit codes: bad settings raise ClusterConfigError, a
+cluster that cannot start raises ClusterError, and the `foldwise cluster` command says so.
+Ray is started as a CLI process here rather than through foldwise's Ray executor, which
 connects drivers to a cluster and submits tasks; starting long-lived cluster daemons is not
 task execution.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import signal
 import socket
@@ -25,150 +25,123 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from foldwise.infra.cluster_state import DEFAULT_DIR, HOST, STATE_FILE, ClusterState, Service
+from foldwise.infra.ray_token import RayTokenError, auth_headers, ensure_ray_token
 
 if TYPE_CHECKING:
     from foldwise.infra.mlflow_server import ServerConfig
 
-DEFAULT_DIR = ".foldwise/cluster"
-STATE_FILE = "cluster.json"
-HOST = "127.0.0.1"
+__all__ = ["DEFAULT_DIR", "ClusterConfig", "ClusterConfigError", "ClusterError", "ClusterState", "Service",
+           "Started", "Stopped", "alive", "check_config", "down", "up"]
 
 
 class ClusterError(RuntimeError):
-    """The cluster could not start (exit 1); bad flags are reported as bad input (exit 2)."""
+    """The cluster could not start (exit 1 in the CLI)."""
+
+
+class ClusterConfigError(ValueError):
+    """Settings the cluster cannot start with (bad port, taken port, bad MLflow store): bad input, nothing started."""
 
 
 @dataclass(frozen=True)
-class Service:
-    """One started process tree: its root pid, process group and start time (to spot pid reuse)."""
+class ClusterConfig:
+    """How to start the desktop cluster (`foldwise cluster up`'s flags)."""
 
-    name: str
-    pid: int
-    pgid: int
-    create_time: float
-    log: str
+    gpus: int | None = None
+    cpus: int | None = None
+    ray_port: int = 6379
+    dashboard_port: int = 8265
+    mlflow_port: int = 5000
+    backend_store_uri: str | None = None
+    artifacts_destination: str | None = None
+    mlflow_basic_auth: bool = False
+    cache: str | None = None
+    outputs: str | None = None
+    temp_dir: str | None = None
 
 
 @dataclass(frozen=True)
-class ClusterState:
-    dir: str
-    gcs_address: str
-    dashboard_url: str
-    mlflow_url: str
-    temp_dir: str
-    services: tuple[Service, ...]
-    env: dict[str, str]
+class Started:
+    """What `up` did: the cluster's state, whether it was already up, and where Ray's token came from."""
 
-    def save(self) -> None:
-        path = Path(self.dir) / STATE_FILE
-        path.write_text(json.dumps(asdict(self), indent=2))
-
-    @staticmethod
-    def load(directory: str | Path) -> ClusterState | None:
-        path = Path(directory) / STATE_FILE
-        if not path.exists():
-            return None
-        raw = json.loads(path.read_text())
-        raw["services"] = tuple(Service(**s) for s in raw["services"])
-        return ClusterState(**raw)
+    state: ClusterState
+    already_up: bool
+    token_note: str = ""
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=("up", "down", "status"), help="start, stop, or show the desktop cluster")
-    p.add_argument("--dir", default=DEFAULT_DIR, help=f"state and data: MLflow store, cache, outputs (default {DEFAULT_DIR})")
-    p.add_argument("--gpus", type=int, help="GPUs Ray may schedule on this machine (default: detected)")
-    p.add_argument("--cpus", type=int, help="CPUs Ray may schedule on this machine (default: detected)")
-    p.add_argument("--ray-port", type=int, default=6379, help="Ray (GCS) port (default 6379)")
-    p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard / Jobs API port on 127.0.0.1 (default 8265)")
-    p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server port on 127.0.0.1 (default 5000)")
-    p.add_argument("--backend-store-uri", help="MLflow store (default sqlite in DIR/mlflow; or postgresql://...)")
-    p.add_argument("--artifacts-destination", help="MLflow artifacts (default DIR/mlflow/artifacts; or s3://...)")
-    p.add_argument("--mlflow-basic-auth", action="store_true", help="MLflow basic auth (jobs get the admin credentials)")
-    p.add_argument("--cache", help="cache root for jobs: a path or s3://, gs:// URI (default DIR/cache)")
-    p.add_argument("--outputs", help="outputs root for jobs: a path or URI (default DIR/outputs)")
-    p.add_argument("--temp-dir", help="Ray's temp dir (default a per-port folder under the system temp dir)")
+@dataclass(frozen=True)
+class Stopped:
+    """What `down` did: the cluster it found (None: nothing recorded) and the pids still alive after SIGKILL."""
+
+    state: ClusterState | None
+    left: frozenset[int] = frozenset()
 
 
-def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.cli.main import EXIT_FAILED, EXIT_OK, bad_input
-
-    directory = Path(args.dir).expanduser().resolve()
-    if args.action == "status":
-        return status(directory)
-    if args.action == "down":
-        return EXIT_OK if down(directory) else EXIT_FAILED
-    problem = check_up_arguments(args)
-    if problem:
-        return bad_input(problem)
-    try:
-        state = up(directory, args)
-    except ClusterError as e:
-        print(f"foldwise: failed: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    print_addresses(state)
-    return EXIT_OK
-
-
-def check_up_arguments(args: argparse.Namespace) -> str | None:
-    for flag, value in (("--gpus", args.gpus), ("--cpus", args.cpus)):
+def check_config(directory: Path, config: ClusterConfig) -> None:
+    """Raise ClusterConfigError for settings `up` cannot start with, before anything is started or written."""
+    for flag, value in (("--gpus", config.gpus), ("--cpus", config.cpus)):
         if value is not None and value < 0:
-            return f"{flag}: {value} is negative (use 0 or more)"
-    ports = {"--ray-port": args.ray_port, "--dashboard-port": args.dashboard_port, "--mlflow-port": args.mlflow_port}
+            raise ClusterConfigError(f"{flag}: {value} is negative (use 0 or more)")
+    ports = {"--ray-port": config.ray_port, "--dashboard-port": config.dashboard_port,
+             "--mlflow-port": config.mlflow_port}
     for flag, port in ports.items():
         if not 0 < port < 65536:
-            return f"{flag}: {port} is not a TCP port (1-65535)"
+            raise ClusterConfigError(f"{flag}: {port} is not a TCP port (1-65535)")
     if len(set(ports.values())) < len(ports):
-        return f"ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}"
+        raise ClusterConfigError(f"ports must differ: {', '.join(f'{k} {v}' for k, v in ports.items())}")
     from foldwise.infra.mlflow_server import ServerConfigError, validate
 
     try:
-        validate(mlflow_config(Path(args.dir).expanduser().resolve(), args))
+        validate(mlflow_config(directory, config))
     except ServerConfigError as e:
-        return str(e)
-    state = ClusterState.load(Path(args.dir).expanduser().resolve())
+        raise ClusterConfigError(str(e)) from None
+    state = ClusterState.load(directory)
     if state is not None and all(alive(s) for s in state.services):
-        return None  # already up: `up` reports it
+        return  # already up: `up` reports it
     for flag, port in ports.items():
         if not port_free(port):
-            return f"{flag}: {HOST}:{port} is already in use (another Ray or MLflow?); pick another port with {flag}"
-    return None
+            raise ClusterConfigError(f"{flag}: {HOST}:{port} is already in use (another Ray or MLflow?); "
+                                     f"pick another port with {flag}")
 
 
 # --------------------------------------------------------------------------- up
 
 
-def up(directory: Path, args: argparse.Namespace) -> ClusterState:
-    """Start MLflow, then the Ray head; on any failure stop what was started."""
+def up(directory: Path, config: ClusterConfig) -> Started:
+    """Start MLflow, then the Ray head; on any failure stop what was started (call check_config first)."""
     from foldwise.infra.mlflow_server import start, wait_ready
 
     existing = ClusterState.load(directory)
     if existing is not None:
         if all(alive(s) for s in existing.services):
-            print(f"the desktop cluster in {directory} is already up", file=sys.stderr)
-            return existing
+            return Started(state=existing, already_up=True)
         stop_services(existing.services)  # half-dead leftovers of a crashed machine or a killed process
         (directory / STATE_FILE).unlink()
+    try:
+        token_note = ensure_ray_token()
+    except RayTokenError as e:
+        raise ClusterError(f"Ray token authentication: {e}") from None
     directory.mkdir(parents=True, exist_ok=True)
-    token_note = ensure_ray_token()
-    mlflow = mlflow_config(directory, args)  # validated by check_up_arguments
+    mlflow = mlflow_config(directory, config)  # validated by check_config
     started: list[Service] = []
     try:
         # Both start at once (each takes seconds to come up); the head's jobs get the server's URL.
         mlflow_log = directory / "mlflow-server.log"
         proc = start(mlflow, mlflow_log)
         started.append(service("mlflow", proc.pid, mlflow_log))
-        env = job_environment(directory, args, mlflow)
-        temp_dir = args.temp_dir or os.path.join(tempfile.gettempdir(), f"foldwise-ray-{args.ray_port}")
+        env = job_environment(directory, config, mlflow)
+        temp_dir = config.temp_dir or os.path.join(tempfile.gettempdir(), f"foldwise-ray-{config.ray_port}")
         ray_log = directory / "ray-head.log"
         with open(ray_log, "ab") as log:
-            ray = subprocess.Popen(ray_start_command(args, temp_dir), env=os.environ | env | ray_env(), stdout=log,
+            ray = subprocess.Popen(ray_start_command(config, temp_dir), env=os.environ | env | ray_env(), stdout=log,
                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory,
                                    start_new_session=True)
         started.append(service("ray", ray.pid, ray_log))
-        dashboard = f"http://{HOST}:{args.dashboard_port}"
+        dashboard = f"http://{HOST}:{config.dashboard_port}"
         wait_ready(mlflow.url, proc, timeout=120, log_file=mlflow_log)
         wait_jobs_api(dashboard, ray, ray_log)
     except BaseException as e:
@@ -176,36 +149,36 @@ def up(directory: Path, args: argparse.Namespace) -> ClusterState:
         if isinstance(e, ClusterError | RuntimeError):
             raise ClusterError(str(e)) from None
         raise
-    state = ClusterState(dir=str(directory), gcs_address=f"{node_ip()}:{args.ray_port}", dashboard_url=dashboard,
+    state = ClusterState(dir=str(directory), gcs_address=f"{node_ip()}:{config.ray_port}", dashboard_url=dashboard,
                          mlflow_url=mlflow.url, temp_dir=temp_dir, services=tuple(started),
                          env={k: v for k, v in env.items() if "PASSWORD" not in k})
     state.save()
-    print(token_note)
-    return state
+    return Started(state=state, already_up=False, token_note=token_note)
 
 
-def mlflow_config(directory: Path, args: argparse.Namespace) -> ServerConfig:
+def mlflow_config(directory: Path, config: ClusterConfig) -> ServerConfig:
     from foldwise.infra.mlflow_server import ServerConfig
 
-    return ServerConfig(data_dir=directory / "mlflow", port=args.mlflow_port, backend_store_uri=args.backend_store_uri,
-                        artifacts_destination=args.artifacts_destination, basic_auth=args.mlflow_basic_auth)
+    return ServerConfig(data_dir=directory / "mlflow", port=config.mlflow_port,
+                        backend_store_uri=config.backend_store_uri,
+                        artifacts_destination=config.artifacts_destination, basic_auth=config.mlflow_basic_auth)
 
 
-def ray_start_command(args: argparse.Namespace, temp_dir: str) -> list[str]:
+def ray_start_command(config: ClusterConfig, temp_dir: str) -> list[str]:
     """`ray start --head --block` on the given ports; every other port is picked free (and worker
     ports left to the OS) so that several clusters, or a developer's own `ray start`, share the machine."""
     ports = free_ports(7)
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
-           "--port", str(args.ray_port), "--dashboard-host", HOST, "--dashboard-port", str(args.dashboard_port),
+           "--port", str(config.ray_port), "--dashboard-host", HOST, "--dashboard-port", str(config.dashboard_port),
            "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
            "--ray-client-server-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3]),
            "--dashboard-agent-grpc-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
            "--metrics-export-port", str(ports[6]), "--temp-dir", temp_dir,
            "--min-worker-port", "0", "--max-worker-port", "0"]  # workers: OS-assigned ports, no clashes
-    if args.gpus is not None:
-        cmd += ["--num-gpus", str(args.gpus)]
-    if args.cpus is not None:
-        cmd += ["--num-cpus", str(args.cpus)]
+    if config.gpus is not None:
+        cmd += ["--num-gpus", str(config.gpus)]
+    if config.cpus is not None:
+        cmd += ["--num-cpus", str(config.cpus)]
     return cmd
 
 
@@ -216,47 +189,30 @@ def ray_env() -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
 
 
-def job_environment(directory: Path, args: argparse.Namespace, mlflow: ServerConfig) -> dict[str, str]:
+def job_environment(directory: Path, config: ClusterConfig, mlflow: ServerConfig) -> dict[str, str]:
     """What every job on this cluster inherits: where to track, cache and write outputs."""
     from foldwise.infra.mlflow_server import ADMIN_PASSWORD_FILE
 
     env = {"MLFLOW_TRACKING_URI": mlflow.url,
-           "FOLDWISE_CACHE": args.cache or str(directory / "cache"),
-           "FOLDWISE_OUTPUTS": args.outputs or str(directory / "outputs")}
-    if args.mlflow_basic_auth:
+           "FOLDWISE_CACHE": config.cache or str(directory / "cache"),
+           "FOLDWISE_OUTPUTS": config.outputs or str(directory / "outputs")}
+    if config.mlflow_basic_auth:
         env["MLFLOW_TRACKING_USERNAME"] = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
         env["MLFLOW_TRACKING_PASSWORD"] = (directory / "mlflow" / ADMIN_PASSWORD_FILE).read_text().strip()
     return env
-
-
-def ensure_ray_token() -> str:
-    """Ray's token auth needs a token: use the one Ray would find, else create ~/.ray/auth_token."""
-    from ray._raylet import AuthenticationTokenLoader
-
-    loader = AuthenticationTokenLoader.instance()
-    if loader.has_token(ignore_auth_mode=True):
-        where = ("$RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
-                 os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
-        return f"Ray token authentication: on (token from {where})"
-    from ray._private.authentication.authentication_token_setup import generate_and_save_token
-
-    generate_and_save_token()
-    loader.reset_cache()
-    return "Ray token authentication: on (new token written to ~/.ray/auth_token)"
 
 
 def wait_jobs_api(dashboard: str, proc: subprocess.Popen, log_file: Path, timeout: float = 120.0) -> None:
     """Wait until the Jobs API answers an authenticated request (the head is then usable)."""
     import requests
 
-    from foldwise.infra.jobs import auth_headers
-
+    headers = auth_headers()  # the token the head was started with (ensure_ray_token)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ClusterError(f"`ray start --head` exited with code {proc.returncode}{log_tail(log_file)}")
         try:
-            r = requests.get(f"{dashboard}/api/jobs/", headers=auth_headers(), timeout=3)
+            r = requests.get(f"{dashboard}/api/jobs/", headers=headers, timeout=3)
             if r.status_code == 200:
                 return
         except requests.RequestException:
@@ -265,47 +221,18 @@ def wait_jobs_api(dashboard: str, proc: subprocess.Popen, log_file: Path, timeou
     raise ClusterError(f"the Ray head's Jobs API at {dashboard} did not answer within {timeout:.0f} s{log_tail(log_file)}")
 
 
-def print_addresses(state: ClusterState) -> None:
-    print(f"Ray head         {state.gcs_address}   (drivers on this machine: RAY_AUTH_MODE=token foldwise run SPEC "
-          f"--address {state.gcs_address})")
-    print(f"Ray dashboard    {state.dashboard_url}   (Jobs API; submit here)")
-    print(f"MLflow           {state.mlflow_url}   (tracking server and UI)")
-    for k in ("FOLDWISE_CACHE", "FOLDWISE_OUTPUTS"):
-        print(f"{k:<17}{state.env.get(k, '')}")
-    print(f"state and logs   {state.dir}")
-    print("submit a job:    foldwise submit workflows/examples/breast_cancer.yaml "
-          f"--address {state.dashboard_url} --wait")
-    print("stop:            foldwise cluster down" + ("" if state.dir.endswith(DEFAULT_DIR) else f" --dir {state.dir}"))
+# --------------------------------------------------------------------------- down
 
 
-# --------------------------------------------------------------------------- down / status
-
-
-def down(directory: Path) -> bool:
-    """Stop the recorded process trees; True when nothing of them is left running."""
+def down(directory: Path) -> Stopped:
+    """Stop the recorded process trees; the record is removed when nothing of them is left running."""
     state = ClusterState.load(directory)
     if state is None:
-        print(f"no desktop cluster recorded in {directory} (nothing to stop)")
-        return True
+        return Stopped(state=None)
     left = stop_services(state.services)
-    if left:
-        print(f"foldwise: failed: still running after SIGKILL: pids {sorted(left)}", file=sys.stderr)
-        return False
-    (directory / STATE_FILE).unlink()
-    print(f"stopped the desktop cluster ({', '.join(s.name for s in state.services)}); "
-          f"runs, artifacts, cache and outputs kept in {directory}")
-    return True
-
-
-def status(directory: Path) -> int:
-    state = ClusterState.load(directory)
-    if state is None:
-        print(f"no desktop cluster in {directory} (start one with `foldwise cluster up`)")
-        return 0
-    for s in state.services:
-        print(f"{s.name:<7}{'running' if alive(s) else 'NOT RUNNING'}  pid {s.pid}  log {s.log}")
-    print_addresses(state)
-    return 0
+    if not left:
+        (directory / STATE_FILE).unlink()
+    return Stopped(state=state, left=frozenset(left))
 
 
 def service(name: str, pid: int, log: Path) -> Service:
@@ -406,7 +333,7 @@ def free_ports(n: int) -> list[int]:
 
 def node_ip() -> str:
     """The address Ray advertises for this node (it never uses 127.0.0.1 for the GCS)."""
-    from ray._private.services import get_node_ip_address
+    from ray.util import get_node_ip_address  # public (ray.util.__all__); was ray._private.services
 
     return get_node_ip_address()
 

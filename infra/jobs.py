@@ -1,41 +1,41 @@
-"""`foldwise submit SPEC --address http://HOST:8265`: run a foldwise command on a Ray cluster.
+"""A Ray Jobs client for foldwise: package a project as a job, reach a cluster, follow a job.
 
-The job is a Ray Job: the project folder (the working directory, minus outputs, MLflow
-stores, caches, .git and virtualenvs) is uploaded as the job's `working_dir`, so the
-cluster runs exactly the code and specs on the laptop; its entrypoint is `foldwise
-run|sweep|ablate SPEC [args]`, which drives the DAG from the head node as usual. The
-tracking URI is `--tracking-uri` when given (passed as MLFLOW_TRACKING_URI), else the
-cluster's own (`foldwise cluster up` and cluster.yaml set it on the head). The spec and the
-trailing arguments are checked here first, so a typo fails in a second with exit code 2
-instead of after an upload.
+A job is a Ray Job: the project folder (the working directory, minus outputs, MLflow stores,
+caches, .git and virtualenvs) is uploaded as the job's `working_dir`, so the cluster runs
+exactly the code and specs on the laptop; its entrypoint is a foldwise command line (`foldwise
+run|sweep|ablate SPEC [args]`, already checked by the `foldwise submit` command), which drives
+the DAG from the head node as usual. The tracking URI is the one given (passed as
+MLFLOW_TRACKING_URI), else the cluster's own (`foldwise cluster up` and cluster.yaml set it on
+the head).
 
-Ray's token authentication stays on: requests carry `Authorization: Bearer <token>` with
-the token Ray itself would use ($RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
+Ray's token authentication stays on: requests carry `Authorization: Bearer <token>` with the
+token Ray itself would use (`infra.ray_token`).
 
-This module talks to the Jobs API of a cluster's dashboard (an HTTP client), which is not
-task execution: `foldwise.workflows.engine.executor` connects a driver to a cluster and submits tasks,
-while this code runs on the user's laptop where no Ray runtime starts. So the Jobs SDK
-calls live here, with `jobs`, `logs` and `stop` (thin command modules) built on them.
+This is an HTTP client of a cluster's dashboard, not task execution (foldwise's Ray executor
+connects a driver to a cluster and submits tasks), and it runs on the user's laptop where no Ray
+runtime starts. It prints nothing and knows no exit codes: every failure is a one-line JobsError,
+which the `foldwise submit`, `jobs`, `logs` and `stop` commands report.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import re
 import secrets
 import shlex
 import socket
-import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-COMMANDS = ("run", "sweep", "ablate")
+from foldwise.infra.cluster_state import DEFAULT_DIR, ClusterState
+from foldwise.infra.ray_token import RayTokenError, auth_headers
+
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 # Never uploaded: results, stores and environments (gitignore-style, relative to the project root).
 EXCLUDES = [".git", ".venv", ".venv-*", "venv", "outputs", "mlflow.db", "mlruns", "mlartifacts", ".foldwise",
@@ -45,77 +45,7 @@ CONNECT_TIMEOUT = 5.0
 
 
 class JobsError(RuntimeError):
-    """The cluster cannot be reached or refuses us, or the job does not exist: exit code 2."""
-
-
-# --------------------------------------------------------------------------- the `submit` command
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="workflow spec (YAML) inside the project folder")
-    p.usage = "foldwise submit SPEC [--address URL] [--wait] [--tracking-uri URI] [options] [-- ARGS for the command]"
-    p.set_defaults(args=[])
-    _split_at_double_dash(p)
-    p.add_argument("--address", help="the head's dashboard, http://HOST:8265 (default $RAY_API_SERVER_ADDRESS, "
-                                     "or the desktop cluster of `foldwise cluster up`)")
-    p.add_argument("--command", dest="job_command", choices=COMMANDS, default="run",
-                   help="foldwise command to run on the cluster (default run)")
-    p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its status (0 succeeded)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI for the job (default: the cluster's MLFLOW_TRACKING_URI)")
-    p.add_argument("--working-dir", default=".", help="project folder uploaded as the job's working_dir (default .)")
-
-
-def _split_at_double_dash(p: argparse.ArgumentParser) -> None:
-    """Everything after `--` goes to the job's command verbatim (as `args`).
-
-    argparse cannot do this itself: a positional list after options is consumed (empty)
-    at the first positional, so `SPEC --wait -- --set k=v` would be rejected. The parent
-    parser hands this sub-parser its arguments through `parse_known_args`, so splitting
-    there keeps cli.py unchanged.
-    """
-    parse = p.parse_known_args
-
-    def parse_known_args(args: list[str] | None = None, namespace: argparse.Namespace | None = None):
-        args = list(sys.argv[1:] if args is None else args)
-        tail: list[str] = []
-        if "--" in args:
-            at = args.index("--")
-            args, tail = args[:at], args[at + 1:]
-        parsed, extras = parse(args, namespace)
-        parsed.args = tail
-        return parsed, extras
-
-    p.parse_known_args = parse_known_args  # type: ignore[method-assign]
-
-
-def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.cli.main import EXIT_FAILED, EXIT_OK, bad_input
-
-    try:
-        job = prepare_job(args.spec, args.job_command, args.args, args.working_dir, args.tracking_uri)
-        address = resolve_address(args.address)
-        client = connect(address)
-        job_id = client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env,
-                                   submission_id=job.submission_id, metadata=job.metadata)
-    except JobsError as e:
-        return bad_input(str(e))
-    print(f"submitted job {job_id} to {address}: {job.entrypoint}", flush=True)
-    print(f"tracking: {args.tracking_uri or 'the cluster default (its MLFLOW_TRACKING_URI)'}", flush=True)
-    if not args.wait:
-        print(f"follow: foldwise logs {job_id} --address {address} --follow")
-        print(f"stop:   foldwise stop {job_id} --address {address}")
-        print(job_id)
-        return EXIT_OK
-    try:
-        final = follow(client, job_id)
-    except KeyboardInterrupt:
-        print(f"\ndetached; job {job_id} keeps running (foldwise stop {job_id} --address {address})", file=sys.stderr)
-        return EXIT_FAILED
-    info = client.get_job_info(job_id)
-    seconds = ((info.end_time or 0) - (info.start_time or 0)) / 1000
-    print(f"job {job_id} {final} in {seconds:.1f} s" + (f": {info.message}" if final != "SUCCEEDED" and info.message else ""),
-          file=sys.stderr if final != "SUCCEEDED" else sys.stdout)
-    return EXIT_OK if final == "SUCCEEDED" else EXIT_FAILED
+    """The job cannot be built, the cluster cannot be reached or refuses us, or the job does not exist."""
 
 
 @dataclass(frozen=True)
@@ -128,13 +58,11 @@ class Job:
     metadata: dict[str, str]
 
 
-def prepare_job(spec: str, cmd: str, extra: list[str], working_dir: str, tracking_uri: str | None) -> Job:
-    """Check the spec and arguments as the cluster will see them; build the job."""
-    from foldwise.workflows.cli.main import COMMANDS as CLI_COMMANDS
-    from foldwise.workflows.cli.main import build_parser
-    from foldwise.workflows.errors import SpecError
-    from foldwise.workflows.pipeline.spec import load_spec
+# --------------------------------------------------------------------------- packaging a job
 
+
+def locate_spec(spec: str, working_dir: str) -> tuple[Path, str]:
+    """(the project folder to upload, the spec's path inside it as the job will see it)."""
     root = Path(working_dir).expanduser().resolve()
     if not root.is_dir():
         raise JobsError(f"--working-dir {working_dir!r} is not a folder")
@@ -144,24 +72,18 @@ def prepare_job(spec: str, cmd: str, extra: list[str], working_dir: str, trackin
     if not spec_path.is_relative_to(root):
         raise JobsError(f"spec {spec!r} is outside the uploaded project folder {str(root)!r}; "
                         "move it into the project or pass --working-dir")
-    if cmd not in CLI_COMMANDS:
-        raise JobsError(f"--command {cmd}: this foldwise has no `{cmd}` command (available: "
-                        f"{', '.join(c for c in COMMANDS if c in CLI_COMMANDS)})")
-    for flag in ("--address", "--executor"):
-        if any(a == flag or a.startswith(flag + "=") for a in extra):
-            raise JobsError(f"{flag} after `--`: a job always runs on the cluster it is submitted to; drop it")
-    rel = spec_path.relative_to(root).as_posix()
-    argv = [cmd, rel, *extra]
-    try:
-        parsed = _parse_quietly(build_parser(), argv)
-    except ValueError as e:
-        raise JobsError(f"arguments after `--` for `foldwise {cmd}`: {e}") from None
-    try:
-        loaded = load_spec(spec_path, list(getattr(parsed, "overrides", []) or []))
-    except SpecError as e:
-        raise JobsError(str(e)) from None
+    return root, spec_path.relative_to(root).as_posix()
+
+
+def build_job(root: Path, spec: str, argv: Sequence[str], *, name: str, experiment: str,
+              tracking_uri: str | None) -> Job:
+    """The job that runs `foldwise ARGV` in the uploaded `root` (arguments checked by the caller).
+
+    `spec` is the spec's path inside `root`, `name` and `experiment` the loaded spec's (for the
+    submission id and the job's metadata)."""
+    cmd = argv[0]
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    name = re.sub(r"[^a-z0-9]+", "-", loaded.name.lower()).strip("-")[:40] or "spec"
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40] or "spec"
     # `foldwise stop` interrupts the driver (SIGINT, as Ctrl-C would) instead of Ray's default
     # SIGTERM, so the run ends the way an interrupted run does: its MLflow runs are marked
     # FAILED and finished folds stay cached; SIGKILL follows only if it has not exited in 20 s.
@@ -170,20 +92,8 @@ def prepare_job(spec: str, cmd: str, extra: list[str], working_dir: str, trackin
         env_vars["MLFLOW_TRACKING_URI"] = tracking_uri
     return Job(entrypoint=shlex.join(["foldwise", *argv]),
                runtime_env={"working_dir": str(root), "excludes": EXCLUDES, "env_vars": env_vars},
-               submission_id=f"foldwise-{cmd}-{name}-{stamp}-{secrets.token_hex(2)}",
-               metadata={"foldwise.command": cmd, "foldwise.spec": rel, "foldwise.experiment": loaded.experiment})
-
-
-def _parse_quietly(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """argparse without printing usage or exiting: its error message as a ValueError."""
-    def fail(message: str) -> None:
-        raise ValueError(message)
-
-    for action in parser._subparsers._group_actions if parser._subparsers else []:  # noqa: SLF001
-        for sub in getattr(action, "choices", {}).values():
-            sub.error = fail  # type: ignore[method-assign]
-    parser.error = fail  # type: ignore[method-assign]
-    return parser.parse_args(argv)
+               submission_id=f"foldwise-{cmd}-{slug}-{stamp}-{secrets.token_hex(2)}",
+               metadata={"foldwise.command": cmd, "foldwise.spec": spec, "foldwise.experiment": experiment})
 
 
 # --------------------------------------------------------------------------- talking to the cluster
@@ -191,8 +101,6 @@ def _parse_quietly(parser: argparse.ArgumentParser, argv: list[str]) -> argparse
 
 def resolve_address(explicit: str | None) -> str:
     """--address, $RAY_API_SERVER_ADDRESS, an http $RAY_ADDRESS, or the desktop cluster's dashboard."""
-    from foldwise.infra.cluster import DEFAULT_DIR, ClusterState
-
     address = explicit or os.environ.get("RAY_API_SERVER_ADDRESS")
     if not address and os.environ.get("RAY_ADDRESS", "").startswith(("http://", "https://")):
         address = os.environ["RAY_ADDRESS"]
@@ -212,14 +120,11 @@ def resolve_address(explicit: str | None) -> str:
     return address.rstrip("/")
 
 
-def auth_headers() -> dict[str, str]:
-    """`Authorization: Bearer <token>` with the token Ray would load, or {} when there is none."""
-    from ray._raylet import AuthenticationTokenLoader
-
-    loader = AuthenticationTokenLoader.instance()
-    if not loader.has_token(ignore_auth_mode=True):
-        return {}
-    return {"Authorization": f"Bearer {loader.get_raw_token(ignore_auth_mode=True).strip()}"}
+def _headers() -> dict[str, str]:
+    try:
+        return auth_headers()
+    except RayTokenError as e:
+        raise JobsError(f"Ray's token: {e}") from None
 
 
 def connect(address: str) -> Any:
@@ -237,7 +142,7 @@ def connect(address: str) -> Any:
     from ray.job_submission import JobSubmissionClient
 
     try:
-        return JobSubmissionClient(address, headers=auth_headers())
+        return JobSubmissionClient(address, headers=_headers())
     except AuthenticationError as e:
         raise JobsError(token_problem(address, e)) from None
     except (ConnectionError, RuntimeError, ValueError) as e:
@@ -245,7 +150,7 @@ def connect(address: str) -> Any:
 
 
 def token_problem(address: str, error: Exception) -> str:
-    have = bool(auth_headers())
+    have = bool(_headers())
     what = "rejected this machine's Ray token" if have else "requires a Ray token and this machine has none"
     return (f"the Ray cluster at {address} {what}: copy the cluster's token (`ray get-auth-token` on the head) "
             "to ~/.ray/auth_token, or set RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH")
@@ -267,12 +172,17 @@ def call(fn: Any, *args: Any, address: str, job_id: str | None = None) -> Any:
         raise JobsError(f"lost the Ray cluster at {address}: {_first_line(e)}") from None
 
 
-def follow(client: Any, job_id: str) -> str:
-    """Print the job's log as it is written; return its final status."""
+def submit(client: Any, job: Job, address: str) -> str:
+    """Submit the job; its submission id."""
+    return call(lambda: client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env,
+                                          submission_id=job.submission_id, metadata=job.metadata), address=address)
+
+
+def follow(client: Any, job_id: str, write: Callable[[str], None]) -> str:
+    """Hand the job's log to `write` as it is written; return its final status."""
     async def stream() -> None:
         async for chunk in client.tail_job_logs(job_id):
-            sys.stdout.write(chunk)
-            sys.stdout.flush()
+            write(chunk)
 
     try:
         asyncio.run(stream())

@@ -8,8 +8,10 @@ import shlex
 
 import pytest
 
-from foldwise.infra import jobs as submit
-from foldwise.infra.jobs import JobsError, prepare_job
+from foldwise.infra import jobs
+from foldwise.infra.jobs import JobsError
+from foldwise.workflows.cli import submit
+from foldwise.workflows.cli.submit import prepare_job
 from tests.infra_tests.conftest import REPO
 
 SPEC = str(REPO / "workflows" / "examples" / "breast_cancer.yaml")
@@ -58,10 +60,10 @@ def test_double_dash_passes_everything_after_it_to_the_job():
 
 
 def test_addresses():
-    assert submit.resolve_address("127.0.0.1:8265") == "http://127.0.0.1:8265"
-    assert submit.resolve_address("https://head.example:443/") == "https://head.example:443"
+    assert jobs.resolve_address("127.0.0.1:8265") == "http://127.0.0.1:8265"
+    assert jobs.resolve_address("https://head.example:443/") == "https://head.example:443"
     with pytest.raises(JobsError, match="not a ray:// or GCS address"):
-        submit.resolve_address("ray://head:10001")
+        jobs.resolve_address("ray://head:10001")
 
 
 @pytest.mark.parametrize("args, message", [

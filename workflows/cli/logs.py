@@ -23,10 +23,15 @@ def command(args: argparse.Namespace) -> int:
         if not args.follow:
             sys.stdout.write(call(client.get_job_logs, args.job, address=address, job_id=args.job))
             return EXIT_OK
-        final = follow(client, args.job)
+        final = follow(client, args.job, _write)
     except JobsError as e:
         return bad_input(str(e))
     except KeyboardInterrupt:
         return EXIT_FAILED
     print(f"job {args.job} {status_name(final)}", file=sys.stderr)
     return EXIT_OK if final == "SUCCEEDED" else EXIT_FAILED
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
