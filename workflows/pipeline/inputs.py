@@ -58,7 +58,7 @@ def validate_inputs(spec: WorkflowSpec) -> Inputs:
     if spec.ensemble.method == "rank_mean" and task != "binary" and len(spec.models) > 1:
         raise InputError(f"ensemble.method: rank_mean is for binary tasks (this task is {task}); use mean, weights or stack")
     for i, model in enumerate(spec.models):
-        problem = _model_param_problem(model.type, model.estimator, model.params)
+        problem = model_param_problem(model.type, model.estimator, model.params)
         if problem:
             raise InputError(f"models.{i}.params ({model.name}): {problem}")
         problem = image_model_problem(model, spec.data.image, summary.columns)
@@ -103,7 +103,7 @@ def image_model_problem(model, image_column: str | None, features: tuple[str, ..
     return None
 
 
-def _model_param_problem(kind: str, estimator: str | None, params: dict) -> str | None:
+def model_param_problem(kind: str, estimator: str | None, params: dict) -> str | None:
     if kind == "sklearn" and estimator:
         from foldwise.tasks.models.sklearn_model import check_params
 

@@ -59,11 +59,12 @@ from foldwise.tasks.sweep_report import (
     write_plots,
 )
 from foldwise.tasks.trial import FoldScore, score_fold
-from foldwise.workflows.commands.run import fold_plan, model_config, node_keys
 from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.executor import RayExecutor, make_executor
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
-from foldwise.workflows.pipeline.inputs import Inputs, _model_param_problem, usable_tracking_uri, validate_inputs
+from foldwise.workflows.pipeline.dag import fold_plan, node_keys
+from foldwise.workflows.pipeline.inputs import Inputs, model_param_problem, usable_tracking_uri, validate_inputs
+from foldwise.workflows.pipeline.plan import model_config
 from foldwise.workflows.pipeline.provenance import code_version, git_commit
 from foldwise.workflows.pipeline.search_space import ParamDist, parse_space, to_optuna
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec, to_yaml
@@ -113,7 +114,7 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
     for dist in space:
         if "/" in dist.name:
             raise InputError(f"search.space.{dist.name}: a parameter name cannot contain '/'")
-        problem = _model_param_problem(m.type, m.estimator, {dist.name: dist.example})
+        problem = model_param_problem(m.type, m.estimator, {dist.name: dist.example})
         if problem:
             raise InputError(f"search.space.{dist.name}: {problem}")
     if trials is not None and trials < 1:
