@@ -172,6 +172,21 @@ def test_a_planted_leak_is_flagged_without_starting_anything(data: Path, store: 
     assert "nothing to compare" in (tmp_path / "out" / "check.md").read_text()
 
 
+def test_without_out_the_outputs_go_under_foldwise_outputs(data: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """No --out: like `foldwise run`, the check writes under $FOLDWISE_OUTPUTS (a cluster's shared outputs)."""
+    root = tmp_path / "shared-outputs"
+    monkeypatch.setenv("FOLDWISE_OUTPUTS", str(root))
+    monkeypatch.chdir(tmp_path)
+    spec = spec_file(data, "outputs-env", train="train_leak.csv")  # no test set: no Ray task
+    assert main(["check", str(spec), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path.name == "summary.json" and path.is_file()
+    assert path.resolve().is_relative_to(root.resolve())
+    summary = json.loads(path.read_text())
+    assert path.parent == root / "check-test" / summary["run_id"]
+    assert not (tmp_path / "outputs").exists()
+
+
 def test_data_warnings_is_the_cheap_part_for_foldwise_run(data: Path) -> None:
     from foldwise.workflows.errors import InputError
     from foldwise.workflows.pipeline.inputs import data_warnings, validate_inputs

@@ -20,8 +20,8 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("foldwise.workflows.cli.run", "cross-validate every model of a spec, ensemble, write a submission"),
     "init": ("foldwise.workflows.cli.init", "write a starter spec for your data file"),
-    "check": ("foldwise.workflows.commands.check", "check the data before compute: errors, warnings, leaks, train/test drift (adversarial AUC)"),
-    "compare": ("foldwise.workflows.commands.compare", "write up a model change: RUN_B vs RUN_A per fold, per slice, efficiency"),
+    "check": ("foldwise.workflows.cli.check", "check the data before compute: errors, warnings, leaks, train/test drift (adversarial AUC)"),
+    "compare": ("foldwise.workflows.cli.compare", "write up a model change: RUN_B vs RUN_A per fold, per slice, efficiency"),
     "ui": ("foldwise.workflows.cli.ui", "the MLflow UI on foldwise's tracking store, on 127.0.0.1"),
     "sweep": ("foldwise.workflows.cli.sweep", "tune a model's hyperparameters: Optuna on Ray Tune, pruned by fold, resumable, every trial in MLflow"),
     "ablate": ("foldwise.workflows.cli.ablate", "what each feature group is worth: drop one group at a time, paired per-fold deltas"),

@@ -10,7 +10,6 @@ nothing to compare, so only the checks run and Ray never starts.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from foldwise.infra import storage
 from foldwise.tasks.checks import Finding
 from foldwise.tasks.drift import (
     PSI_MAJOR,
@@ -32,7 +32,6 @@ from foldwise.tasks.drift import (
     summarise_adversarial,
 )
 from foldwise.tasks.report import write_json
-from foldwise.workflows.cli.main import EXIT_OK, add_common_arguments, bad_input, failed
 from foldwise.workflows.errors import InputError
 from foldwise.workflows.pipeline.inputs import DataFindings, Inputs, data_findings, usable_tracking_uri, validate_inputs
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
@@ -40,7 +39,7 @@ from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
 TOP_FEATURES = 10  # top_adversarial_features in summary.json
 PLOT_FEATURES = 6  # panels in drift.png
 ADVERSARIAL_WARN_AUC = 0.7  # an adversarial AUC this high is a warning on its own
-_VERDICT = {"none": "no detectable drift", "mild": "mild drift", "strong": "strong drift"}
+VERDICT_TEXT = {"none": "no detectable drift", "mild": "mild drift", "strong": "strong drift"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ class CheckResult:
     """What `foldwise check` produces: the summary.json data plus the typed results."""
 
     summary: dict[str, Any]
-    out_dir: Path
+    out_dir: Path | str  # a local folder, or the URI the files were uploaded to
     report: str
     findings: DataFindings = field(repr=False)
     drift: tuple[FeatureDrift, ...] = field(default=(), repr=False)
@@ -65,58 +64,6 @@ class CheckResult:
     @property
     def adversarial_auc(self) -> float | None:
         return self.summary["adversarial_auc"]
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_common_arguments(p)
-    p.add_argument("--reference", metavar="OLD_DATA",
-                   help="compare data.train with this old version of it (instead of with data.test)")
-    p.add_argument("--folds", type=int, help="adversarial validation folds (default: cv.folds)")
-    p.add_argument("--max-rows", type=int, default=200_000,
-                   help="rows sampled for adversarial validation (default 200000; drift statistics use every row)")
-
-
-def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.errors import RunFailed, SpecError
-
-    if args.folds is not None and args.folds < 2:
-        return bad_input(f"--folds must be at least 2 (got {args.folds})")
-    try:
-        result = run_check(args.spec, reference=args.reference, overrides=args.overrides, out=args.out,
-                           tracking_uri=args.tracking_uri, address=args.address, executor=args.executor,
-                           folds=args.folds, max_rows=args.max_rows)
-    except (SpecError, InputError) as e:
-        return bad_input(str(e))
-    except RunFailed as e:
-        return failed(str(e), e.run_id)
-    print_result(result.summary)
-    print(str(result.out_dir / "summary.json"))
-    return EXIT_OK
-
-
-def print_result(summary: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
-    console = Console(soft_wrap=True)
-    for line in summary["warnings"]:
-        console.print(f"[yellow]warning[/yellow]: {escape(line)}")
-    if summary["adversarial_auc"] is None:
-        console.print(f"no drift check: {escape(summary['compared']['note'])}")
-    else:
-        lo, hi = summary["adversarial_auc_ci"]
-        top = ", ".join(summary["top_adversarial_features"][:3])
-        console.print(f"adversarial AUC {summary['adversarial_auc']:.3f} [{lo:.3f}, {hi:.3f}] "
-                      f"({_VERDICT[summary['adversarial_verdict']]}; {summary['compared']['train_label']} vs "
-                      f"{summary['compared']['other_label']}); relies most on: {escape(top)}")
-        major = [d["feature"] for d in summary["drift"] if d["psi"] >= PSI_MAJOR]
-        if major:
-            console.print(f"PSI >= {PSI_MAJOR}: {escape(', '.join(major))}")
-    console.print(f"{len(summary['warnings'])} warning(s); report {escape(summary['outputs']['report'])}; "
-                  f"MLflow run {summary['run_id']} in experiment {summary['experiment']!r}")
 
 
 # --------------------------------------------------------------------------- Python API
@@ -156,8 +103,10 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
                                     "reference": reference, "folds": n_folds, "seed": spec.cv.seed,
                                     "max_rows": max_rows, "task": inputs.task})
         adversarial, drift = _gather(ex, handles)
-        return _finish(spec, inputs, findings, reference, adversarial, drift, tracker, parent, out, n_folds,
-                       wall_start, ex.startup_seconds)
+        target = str(out) if out else storage.join(storage.outputs_root(), spec.name, parent)
+        ctx = CheckContext(spec=spec, inputs=inputs, findings=findings, reference=reference, tracker=tracker,
+                           run_id=parent, target=target, wall_start=wall_start, startup_seconds=ex.startup_seconds)
+        return _finish(ctx, adversarial, drift)
 
 
 def _resolve_reference(reference: str | Path | None) -> str | None:
@@ -170,6 +119,21 @@ def _resolve_reference(reference: str | Path | None) -> str | None:
     if not path.exists():
         raise InputError(f"--reference: data file {text!r} does not exist")
     return str(path.resolve())
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a check knows once its tasks are done: the inputs, where it logs, where it writes, its timings."""
+
+    spec: WorkflowSpec
+    inputs: Inputs
+    findings: DataFindings
+    reference: str | None  # the --reference data, or None (compared with data.test, if any)
+    tracker: Any  # tracking.tracker.Tracker
+    run_id: str  # the check's MLflow run
+    target: str  # the output folder or URI (--out, else <outputs root>/<spec name>/<run id>)
+    wall_start: float  # time.perf_counter() when the check started
+    startup_seconds: float  # Ray's start-up
 
 
 @dataclass(frozen=True)
@@ -212,13 +176,12 @@ def _gather(ex: Any, handles: _Handles | None) -> tuple[AdversarialResult | None
     return summarise_adversarial(folds), ex.get(handles.drift)
 
 
-def _finish(spec: WorkflowSpec, inputs: Inputs, findings: DataFindings, reference: str | None,
-            adversarial: AdversarialResult | None, drift: tuple[FeatureDrift, ...], tracker: Any, parent: str,
-            out: str | Path | None, n_folds: int, wall_start: float, startup_seconds: float) -> CheckResult:
+def _finish(ctx: CheckContext, adversarial: AdversarialResult | None, drift: tuple[FeatureDrift, ...]) -> CheckResult:
     from foldwise.workflows.tracking import tracker as tk
 
-    out_dir = Path(out) if out else Path("outputs") / spec.name / parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    spec, inputs, findings, reference, tracker, parent = (ctx.spec, ctx.inputs, ctx.findings, ctx.reference,
+                                                          ctx.tracker, ctx.run_id)
+    out_dir = storage.staging_folder(ctx.target)  # the target itself, or a local folder uploaded to it at the end
     compared = _compared(spec, reference, findings)
     warnings = list(findings.warnings)
     target = _target_drift(spec, inputs, findings) if reference else None
@@ -257,15 +220,15 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, findings: DataFindings, referenc
         "drift": [_drift_row(d) for d in drift],
         "target_drift": _drift_row(target) if target is not None else None,
         "wall_seconds": 0.0,
-        "startup_seconds": startup_seconds,
-        "outputs": {k: str(v) if v is not None else None for k, v in outputs.items()},
+        "startup_seconds": ctx.startup_seconds,
+        "outputs": {k: storage.relocate(v, out_dir, ctx.target) for k, v in outputs.items()},
     }
     if drift:
         _plot(drift, outputs["plot"], compared)
         _drift_csv(drift, outputs["drift_table"])
     report = check_markdown(spec, summary, adversarial, drift, warnings)
     outputs["report"].write_text(report)
-    summary["wall_seconds"] = time.perf_counter() - wall_start
+    summary["wall_seconds"] = time.perf_counter() - ctx.wall_start
     write_json(out_dir / "summary.json", summary)
     metrics = {"n_warnings": len(warnings), "wall_seconds": summary["wall_seconds"]}
     if adversarial is not None:
@@ -276,8 +239,9 @@ def _finish(spec: WorkflowSpec, inputs: Inputs, findings: DataFindings, referenc
     tracker.log(parent, metrics=metrics, tags={"foldwise.check.compared": compared["kind"]},
                 steps={"adversarial_fold_auc": adversarial.fold_aucs} if adversarial else None)
     tracker.log_artifacts(parent, out_dir)
-    return CheckResult(summary=summary, out_dir=out_dir, report=report, findings=findings, drift=drift,
-                       adversarial=adversarial)
+    storage.publish_folder(out_dir, ctx.target)
+    return CheckResult(summary=summary, out_dir=ctx.target if storage.is_uri(ctx.target) else out_dir, report=report,
+                       findings=findings, drift=drift, adversarial=adversarial)
 
 
 def _compared(spec: WorkflowSpec, reference: str | None, findings: DataFindings) -> dict[str, Any]:
@@ -337,7 +301,7 @@ def check_markdown(spec: WorkflowSpec, summary: dict[str, Any], adversarial: Adv
             f"- **AUC {adversarial.auc:.3f}**, 95% interval [{lo:.3f}, {hi:.3f}] "
             f"({adversarial.method}); pooled out-of-fold AUC {adversarial.oof_auc:.3f}.",
             f"- Fold AUCs: {', '.join(f'{a:.3f}' for a in adversarial.fold_aucs)}.",
-            f"- Verdict: **{_VERDICT[adversarial.verdict]}**. ~0.5 means the two sides are exchangeable; "
+            f"- Verdict: **{VERDICT_TEXT[adversarial.verdict]}**. ~0.5 means the two sides are exchangeable; "
             "above ~0.7 a model's CV score may not carry over.", "",
             "Features the classifier relies on most (share of total split gain; meaningful only when the AUC is "
             "clearly above 0.5):", "",

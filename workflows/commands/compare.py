@@ -8,7 +8,6 @@ and hands plain data to `tasks.compare`. Everything that can be wrong with the i
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from foldwise.infra import storage
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions so `foldwise --help` stays instant
     import pandas as pd
@@ -40,32 +41,8 @@ class LoadedRun:
 class CompareResult:
     summary: dict[str, Any]
     comparison: Comparison
-    out_dir: Path
+    out_dir: Path | str  # a local folder, or the URI the files were uploaded to
     markdown: str
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_a", metavar="RUN_A", help="baseline: run id, run name, or PARENT/MODEL for one model's child run")
-    p.add_argument("run_b", metavar="RUN_B", help="the change: run id, run name, or PARENT/MODEL")
-    p.add_argument("--out", help="output folder (default outputs/<experiment>/compare-<A>-vs-<B>/)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
-    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per slice (default 200)")
-    p.add_argument("--no-log", action="store_true", help="write the files only; do not touch B's MLflow run")
-
-
-def command(args: argparse.Namespace) -> int:
-    from foldwise.workflows.cli.main import EXIT_OK, bad_input
-
-    if args.bootstrap < 10:
-        return bad_input(f"--bootstrap: at least 10 resamples (got {args.bootstrap})")
-    try:
-        result = compare(args.run_a, args.run_b, out=args.out, tracking_uri=args.tracking_uri,
-                         n_boot=args.bootstrap, log=not args.no_log)
-    except CompareInputError as e:
-        return bad_input(str(e))
-    print(result.comparison.verdict)
-    print(str(result.out_dir / "summary.json"))
-    return EXIT_OK
 
 
 def compare(run_a: str, run_b: str, *, out: str | Path | None = None, tracking_uri: str | None = None,
@@ -113,8 +90,9 @@ def compare(run_a: str, run_b: str, *, out: str | Path | None = None, tracking_u
         comparison = compare_runs(a.facts, b.facts, rows, rows_note, {}, n_boot=n_boot, seed=seed)
         comparison = _with_slice_note(comparison, str(e))
 
-    out_dir = Path(out) if out else Path("outputs") / b.facts.experiment / f"compare-{rec_a.run_id[:8]}-vs-{rec_b.run_id[:8]}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = str(out) if out else storage.join(storage.outputs_root(), b.facts.experiment,
+                                               f"compare-{rec_a.run_id[:8]}-vs-{rec_b.run_id[:8]}")
+    out_dir = storage.staging_folder(target)  # `target` itself, or a local folder uploaded to it at the end
     plots = {"fold_deltas": plot_fold_deltas(comparison, out_dir / "fold_deltas.png").name}
     grid = plot_slice_grid(comparison, out_dir / "slice_grid.png")
     if grid is not None:
@@ -133,15 +111,17 @@ def compare(run_a: str, run_b: str, *, out: str | Path | None = None, tracking_u
         **comparison.summary(),
         "logged_to": {"run_id": rec_b.run_id, "artifacts": artifact_dir, "description_chars": len(note)} if log else None,
         "wall_seconds": 0.0,
-        "outputs": {"writeup": str(out_dir / "writeup.md"), "html": str(out_dir / "writeup.html"),
-                    **{k: str(out_dir / v) for k, v in plots.items()}},
+        "outputs": {k: storage.relocate(out_dir / v, out_dir, target)
+                    for k, v in {"writeup": "writeup.md", "html": "writeup.html", **plots}.items()},
     }
     summary["wall_seconds"] = time.perf_counter() - start
     write_json(out_dir / "summary.json", summary)
     if log:
         reader.log_artifacts(rec_b.run_id, out_dir, artifact_dir)
         reader.set_description(rec_b.run_id, note, {tk.TAG_COMPARED_WITH: rec_a.run_id})
-    return CompareResult(summary=summary, comparison=comparison, out_dir=out_dir, markdown=markdown)
+    storage.publish_folder(out_dir, target)
+    return CompareResult(summary=summary, comparison=comparison, out_dir=target if storage.is_uri(target) else out_dir,
+                         markdown=markdown)
 
 
 def _with_slice_note(c: Comparison, note: str) -> Comparison:
