@@ -9,6 +9,9 @@ import copy
 import jsonschema
 import pytest
 import yaml
+
+# private: no public API to validate a cluster config without `ray up` in Ray 2.60 (see
+# https://github.com/ray-project/ray/issues/5293); these are the functions `ray up` calls first.
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 from tests.infra_tests.conftest import REPO
