@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foldwise.infra import storage
 from foldwise.tasks.checks import Finding
@@ -35,6 +35,9 @@ from foldwise.tasks.report import write_json
 from foldwise.workflows.errors import InputError
 from foldwise.workflows.pipeline.inputs import DataFindings, Inputs, data_findings, usable_tracking_uri, validate_inputs
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
+
+if TYPE_CHECKING:
+    from foldwise.workflows.tracking.tracker import Tracker
 
 TOP_FEATURES = 10  # top_adversarial_features in summary.json
 PLOT_FEATURES = 6  # panels in drift.png
@@ -129,7 +132,7 @@ class CheckContext:
     inputs: Inputs
     findings: DataFindings
     reference: str | None  # the --reference data, or None (compared with data.test, if any)
-    tracker: Any  # tracking.tracker.Tracker
+    tracker: Tracker
     run_id: str  # the check's MLflow run
     target: str  # the output folder or URI (--out, else <outputs root>/<spec name>/<run id>)
     wall_start: float  # time.perf_counter() when the check started
