@@ -39,6 +39,11 @@ def _has_token(loader: Any) -> bool:
         raise RayTokenError(_first_line(e)) from None
 
 
+def has_token() -> bool:
+    """Whether Ray would find a token (whatever RAY_AUTH_MODE says); RayTokenError when it cannot read it."""
+    return _has_token(_loader())
+
+
 def auth_headers() -> dict[str, str]:
     """`Authorization: Bearer <token>` with the token Ray would load, or {} when there is none."""
     loader = _loader()

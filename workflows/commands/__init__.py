@@ -1,1 +1,1 @@
-"""Commands: run, sweep, ablate, check, compare; each composes pipeline + engine + tracking, none imports another."""
+"""Commands: run, sweep, ablate, check, compare, init; each composes pipeline + engine + tracking, none imports another."""

@@ -74,10 +74,13 @@ class RayExecutor:
             if address is not None:
                 # Ray turns token auth on by itself only for clusters it starts or finds; for an
                 # explicit address it must be asked to, or a token-protected head refuses us.
-                from ray._raylet import AuthenticationTokenLoader
+                from foldwise.infra.ray_token import RayTokenError, has_token
 
-                if "RAY_AUTH_MODE" not in os.environ and AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
-                    os.environ["RAY_AUTH_MODE"] = "token"
+                try:
+                    if "RAY_AUTH_MODE" not in os.environ and has_token():
+                        os.environ["RAY_AUTH_MODE"] = "token"
+                except RayTokenError as e:
+                    raise ClusterUnreachable(f"--address {address}: {e}") from None
             try:
                 # "local": a cluster of our own, never one a `ray start` left on this machine
                 ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
