@@ -1,0 +1,171 @@
+"""The ablation's DAG after the folds: one ensemble per variant, permutation importance on the
+baseline's fitted folds, and the paired statistics of every variant against the baseline."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from foldwise.tasks.ablation import (
+    FoldImportance,
+    GroupImportance,
+    PairedDelta,
+    paired_delta,
+    permutation_importance_fold,
+)
+from foldwise.tasks.models import ModelConfig
+from foldwise.tasks.train import FoldResult
+from foldwise.workflows.commands.ablate.plan import BASELINE, AblationPlan, Variant, node_name
+from foldwise.workflows.engine.cache import Cache, key_of
+from foldwise.workflows.engine.executor import LazyExecutor, Slot
+from foldwise.workflows.errors import TaskFailed
+from foldwise.workflows.pipeline.dag import assemble_oof, collect_folds, ensemble_node
+from foldwise.workflows.pipeline.inputs import Inputs
+from foldwise.workflows.pipeline.plan import RunPlan
+from foldwise.workflows.pipeline.provenance import tasks_version
+from foldwise.workflows.pipeline.spec import WorkflowSpec
+
+
+class CountingExecutor:
+    """The executor, counting the DAG nodes it runs by task function: the summary's honest `dag.nodes_run`."""
+
+    def __init__(self, inner: LazyExecutor) -> None:
+        self._inner = inner
+        self.counts: Counter[str] = Counter()
+
+    def submit(self, fn: Callable, *args: Any, **kwargs: Any) -> Any:
+        self.counts[fn.__name__] += 1
+        return self._inner.submit(fn, *args, **kwargs)
+
+    def run(self, fn: Callable, *args: Any, name: str | None = None) -> Any:
+        self.counts[fn.__name__] += 1
+        return self._inner.run(fn, *args, name=name)
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+
+@dataclass(frozen=True)
+class AblationDag:
+    data: Any  # PreparedData
+    plan: Any  # FoldPlan
+    folds: dict[str, list[FoldResult]]  # node name -> results in fold order
+    headline: dict[str, tuple[np.ndarray, list[float]]]  # variant -> (ensemble OOF, fold scores)
+    stats: dict[str, dict[str | None, PairedDelta]]  # variant -> {None: headline, model: per model}
+    importance: dict[str, dict[str, GroupImportance] | None]  # model -> group -> importance
+    cached: dict[str, list[bool]]  # node name -> per fold: from the cache
+    phases: dict[str, float]
+
+
+def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation: AblationPlan,
+             fit_models: list[ModelConfig], keys: Any, log_fold: Callable[[FoldResult], None],
+             on_slots: Callable[[float, float], None], progress: bool) -> AblationDag:
+    """Folds (cached or fitted) -> one ensemble per variant -> importance on the baseline -> paired statistics."""
+    spec, inputs, base, variants = run.spec, run.inputs, list(run.models), list(ablation.variants)
+    n_boot, repeats = ablation.n_boot, ablation.repeats
+    data, plan, folds, phases = collect_folds(ex, cache, sub, fit_models, keys, log_fold, progress, on_slots)
+    tick = time.perf_counter()
+    ens_names = spec.ensemble.models or [m.name for m in base]
+    by_name = {m.name: m for m in base}
+    headline = {}
+    for v in variants:
+        ens, _ = ensemble_node(ex, cache, spec, inputs, keys, [node_name(v, by_name[n]) for n in ens_names], folds,
+                           data, plan)
+        headline[v.name] = (ens.oof, list(ens.fold_scores))
+    phases["ensembles"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    groups = {v.name: v.columns for v in variants[1:]}
+    importance = permutation_importance(ex, cache, sub, data, plan, base, folds, keys, groups, inputs.metric, spec.cv.seed,
+                             repeats)
+    phases["permutation_importance"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    stats = paired_statistics(ex, spec, inputs, data, plan, base, variants, folds, headline, n_boot,
+                        sole=ens_names[0] if len(ens_names) == 1 else None)
+    phases["statistics"] = time.perf_counter() - tick
+    cached = {node: [(node, k) in sub.cached for k in range(plan.n_folds)] for node in folds}
+    return AblationDag(data=data, plan=plan, folds=folds, headline=headline, stats=stats, importance=importance,
+                       cached=cached, phases=phases)
+
+
+def paired_statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, data: Any, plan: Any,
+                base: list[ModelConfig], variants: list[Variant], folds: dict[str, list[FoldResult]],
+                headline: dict[str, tuple[np.ndarray, list[float]]], n_boot: int,
+                sole: str | None) -> dict[str, dict[str | None, PairedDelta]]:
+    """paired_delta of every variant vs the baseline: its headline (key None) and each model.
+
+    Tasks in parallel when the executor is up anyway, else here; with a one-model
+    ensemble the headline is that model, computed once.
+    """
+    y = data.y
+    oof = {node: assemble_oof(rs, len(y)) for node, rs in folds.items()}
+    calls: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, int]] = {}
+    for i, v in enumerate(variants[1:], 1):
+        seed = spec.cv.seed + i  # one resampling stream per variant, shared by its comparisons
+        if sole is None:
+            calls[(v.name, None)] = (headline[BASELINE][0], headline[v.name][0], seed)
+        for m in base:
+            calls[(v.name, m.name)] = (oof[m.name], oof[node_name(v, m)], seed)
+    if ex.started:
+        y_ref, plan_ref = ex.put(y), ex.put(plan)
+        handles = {ex.submit(paired_delta, inputs.metric, data.task, y_ref, plan_ref, b, vv, n_boot, seed,
+                             name=f"paired_delta[variant={key[0]}, model={key[1] or 'ensemble'}]"): key
+                   for key, (b, vv, seed) in calls.items()}
+        try:
+            done = {handles[h]: r for h, r in ex.as_completed(list(handles))}
+        except TaskFailed:
+            ex.cancel(list(handles))
+            raise
+    else:
+        done = {key: ex.run(paired_delta, inputs.metric, data.task, y, plan, b, vv, n_boot, seed, name="paired_delta")
+                for key, (b, vv, seed) in calls.items()}
+    stats: dict[str, dict[str | None, PairedDelta]] = {v.name: {} for v in variants[1:]}
+    for (variant, model), result in done.items():
+        stats[variant][model] = result
+    if sole is not None:
+        for per_model in stats.values():
+            per_model[None] = per_model[sole]
+    return stats
+
+
+def permutation_importance(ex: CountingExecutor, cache: Cache, sub: Any, data: Any, plan: Any, base: list[ModelConfig],
+                folds: dict[str, list[FoldResult]], keys: Any, groups: dict[str, tuple[str, ...]], metric: str,
+                seed: int, repeats: int) -> dict[str, dict[str, GroupImportance] | None]:
+    """One permutation_importance_fold per baseline model x fold (cached by the fold's key): re-predicts, never refits."""
+    from foldwise.tasks.ablation import summarise_importance
+
+    def key(m: ModelConfig, k: int) -> str:
+        return key_of("importance", keys.folds[(m.name, k)], sorted(groups.items()), metric, seed, repeats,
+                      tasks_version())
+
+    results: list[FoldImportance] = []
+    todo: dict[Any, tuple[ModelConfig, int]] = {}
+    data_ref = plan_ref = None
+    for m in base:
+        for k, r in enumerate(folds[m.name]):
+            hit = cache.get("importance", key(m, k))
+            if hit is not None:
+                results.append(hit)
+                continue
+            if data_ref is None:
+                data_ref = sub.prepared if sub.prepared is not None else ex.put(data)
+                plan_ref = sub.plan_handle if sub.plan_handle is not None else ex.put(plan)
+            handle = ex.submit(permutation_importance_fold, data_ref, plan_ref, r, groups, metric, seed, repeats,
+                               slot=Slot(m.cpus, m.gpus), name=f"permutation_importance[model={m.name}, fold={k}]")
+            todo[handle] = (m, k)
+    try:
+        for handle, fi in ex.as_completed(list(todo)):
+            m, k = todo[handle]
+            cache.put("importance", key(m, k), fi)
+            results.append(fi)
+    except TaskFailed:
+        ex.cancel(list(todo))
+        raise
+    return summarise_importance(sorted(results, key=lambda f: (f.model, f.fold)))
+
