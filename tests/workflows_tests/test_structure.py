@@ -98,3 +98,15 @@ def test_the_python_api_is_foldwise_and_its_code_is_namespaced() -> None:
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "foldwise.tasks.train"
+
+
+def test_every_package_folder_is_listed_for_the_wheel() -> None:
+    """pyproject's explicit package list (package-dir maps the root folders into foldwise.*) names
+    every folder with an __init__.py, so a `pip install .` ships the whole code, not just the editable tree."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    roots = {folder: name for name, folder in config["package-dir"].items()}
+    found = {".".join([roots[init.relative_to(REPO).parts[0]], *init.relative_to(REPO).parts[1:-1]])
+             for root in roots for init in (REPO / root).rglob("__init__.py")}
+    assert found and found == set(config["packages"])
