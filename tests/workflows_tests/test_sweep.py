@@ -285,7 +285,7 @@ def _trial_states(db: Path) -> dict[str, int]:
 
 def _saved_tune_trials(tune_path: Path) -> dict[str, str]:
     """Tune's own saved view of the trials (what a resume starts from): trial id -> status."""
-    from foldwise.workflows.commands.sweep import saved_trials
+    from foldwise.workflows.engine.tune import saved_trials
 
     try:
         return {t.trial_id: t.status for t in saved_trials(tune_path).values()}
