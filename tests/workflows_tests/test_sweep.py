@@ -227,6 +227,21 @@ def test_parallel_folds_in_placement_groups_with_the_median_rule(sweep, tmp_path
     assert first.fold_scores == main_first.fold_scores
 
 
+def test_default_outputs_go_under_foldwise_outputs(ray_cluster, tmp_path: Path, monkeypatch) -> None:
+    """Without `out`, the sweep's files land in $FOLDWISE_OUTPUTS/<spec name>/<parent run id>/, as
+    `foldwise run`'s do (a cluster's jobs point it at a shared folder)."""
+    from foldwise.workflows.commands.sweep import run_sweep
+
+    monkeypatch.setenv("FOLDWISE_OUTPUTS", str(tmp_path / "shared"))
+    result = run_sweep(sweep_spec(trials=2, refit=False), concurrency=2,
+                       tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage=str(tmp_path / "store"))
+    summary = tmp_path / "shared" / "sweep-test" / result.run_id / "summary.json"
+    assert summary.exists() and Path(result.out_dir) == summary.parent
+    s = json.loads(summary.read_text())
+    assert s["run_id"] == result.run_id and s["trials"]["total"] == 2
+    assert Path(s["outputs"]["trials"]).parent == summary.parent
+
+
 BAD_SPACES = {
     "unknown distribution": ({"space": {"num_leaves": {"normal": [4, 32]}}}, [],
                              "spec key 'search.space.num_leaves': unknown distribution or option 'normal'"),
