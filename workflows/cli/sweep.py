@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from foldwise.infra import storage
 from foldwise.workflows.cli.main import EXIT_OK, add_common_arguments, bad_input, failed
 
 
@@ -36,7 +36,7 @@ def command(args: argparse.Namespace) -> int:
     except RunFailed as e:
         return failed(str(e), e.run_id)
     print_trials(result)
-    print(str(Path(result.out_dir) / "summary.json"))
+    print(storage.join(result.out_dir, "summary.json"))
     return EXIT_OK
 
 
