@@ -100,12 +100,12 @@ def images_per_second(result) -> float:  # noqa: ANN001
 def bench(dataset: str, table: Path | None, args: argparse.Namespace, gpu: bool, out: Path) -> list[dict]:
     import ray
 
+    from foldwise import run_cv
     from foldwise.tasks.data import prepare_data
     from foldwise.tasks.train import train_fold
-    from foldwise import run_cv
     from foldwise.workflows.pipeline.dag import fold_plan
-    from foldwise.workflows.pipeline.plan import model_config
     from foldwise.workflows.pipeline.inputs import validate_inputs
+    from foldwise.workflows.pipeline.plan import model_config
     from foldwise.workflows.pipeline.spec import load_spec
 
     rows = []

@@ -11,8 +11,8 @@ from concurrent.futures import wait
 
 import pytest
 
-from foldwise.workflows.pipeline.runs import set_up_when
 from foldwise.workflows.engine.idle import IdleWork, on_idle_thread
+from foldwise.workflows.pipeline.runs import set_up_when
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 

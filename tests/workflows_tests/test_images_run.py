@@ -134,11 +134,11 @@ def test_test_predictions_are_the_mean_over_folds(csv_run) -> None:
 
 
 def test_cached_rerun_logs_the_fold_runs_again_and_an_edited_image_changes_the_key(csv_run, session_dir) -> None:
-    from foldwise.tasks.data import read_table
     from foldwise import run_cv
+    from foldwise.tasks.data import read_table
     from foldwise.workflows.pipeline.dag import node_keys
-    from foldwise.workflows.pipeline.plan import model_config
     from foldwise.workflows.pipeline.inputs import validate_inputs
+    from foldwise.workflows.pipeline.plan import model_config
     from foldwise.workflows.pipeline.provenance import code_version
     from foldwise.workflows.pipeline.spec import load_spec
     from foldwise.workflows.tracking.tracker import RunReader
