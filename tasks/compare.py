@@ -93,7 +93,7 @@ def pair_rows(oof_a: pd.DataFrame, oof_b: pd.DataFrame, pred_a: str, pred_b: str
         return None, f"the OOF files hold different rows ({len(oof_a)} vs {len(oof_b)}); row-level comparisons skipped"
     if target not in oof_a.columns or target not in oof_b.columns:
         return None, f"target column {target!r} missing from an OOF file; row-level comparisons skipped"
-    if not oof_a[target].astype(str).equals(oof_b[target].astype(str)):
+    if not same_values(oof_a[target], oof_b[target]):
         return None, "the two runs have different targets on the same rows; row-level comparisons skipped"
     a, b = predictions_of(oof_a, pred_a), predictions_of(oof_b, pred_b)
     if a is None or b is None:
@@ -108,8 +108,7 @@ def pair_rows(oof_a: pd.DataFrame, oof_b: pd.DataFrame, pred_a: str, pred_b: str
     if frame is not None:
         rows = oof_a["row"].to_numpy()
         if len(frame) <= rows.max() or (target in frame.columns
-                                        and not frame[target].iloc[rows].astype(str).reset_index(drop=True)
-                                        .equals(oof_a[target].astype(str).reset_index(drop=True))):
+                                        and not same_values(frame[target].iloc[rows], oof_a[target])):
             frame, frame_note = None, "the training data no longer matches the run's OOF rows; slices skipped"
         else:
             frame = frame.iloc[rows].reset_index(drop=True)
@@ -118,6 +117,18 @@ def pair_rows(oof_a: pd.DataFrame, oof_b: pd.DataFrame, pred_a: str, pred_b: str
     ids = oof_a[id_column].to_numpy() if id_column and id_column in oof_a.columns else oof_a["row"].to_numpy()
     return PairedRows(y=y, labels=oof_a[target].to_numpy(), a=a, b=b, row_ids=ids,
                       folds_a=oof_a["fold"].to_numpy(), frame=frame, frame_note=frame_note), ""
+
+
+def same_values(x: pd.Series, y: pd.Series) -> bool:
+    """The same target values row by row: numerically when both sides are numeric (a CSV's int `326` is
+    the OOF file's float `326.0`), else exactly as text (labels such as "Yes" and "yes" differ)."""
+    if len(x) != len(y):
+        return False
+    if pd.api.types.is_numeric_dtype(x) and pd.api.types.is_numeric_dtype(y) \
+            and not pd.api.types.is_bool_dtype(x) and not pd.api.types.is_bool_dtype(y):
+        u, v = x.to_numpy(dtype=float), y.to_numpy(dtype=float)
+        return bool(np.array_equal(u, v, equal_nan=True))
+    return x.astype(str).reset_index(drop=True).equals(y.astype(str).reset_index(drop=True))
 
 
 # --------------------------------------------------------------------------- results
@@ -352,8 +363,8 @@ def efficiency(a: RunFacts, b: RunFacts) -> tuple[tuple[str, str, str, str], ...
         ("predict seconds per 1k rows", per_1k(a), per_1k(b), "{:.4f}"),
         ("model size per fold (MB)", a.model_bytes / 1e6 if a.model_bytes and a.model_bytes > 0 else None,
          b.model_bytes / 1e6 if b.model_bytes and b.model_bytes > 0 else None, "{:.3f}"),
-        ("peak memory (MB)", a.peak_memory_bytes / 1e6 if a.peak_memory_bytes else None,
-         b.peak_memory_bytes / 1e6 if b.peak_memory_bytes else None, "{:.1f}"),
+        ("peak memory (MB)", a.peak_memory_bytes / 1e6 if a.peak_memory_bytes and a.peak_memory_bytes > 0 else None,
+         b.peak_memory_bytes / 1e6 if b.peak_memory_bytes and b.peak_memory_bytes > 0 else None, "{:.1f}"),
         ("run wall seconds", a.wall_seconds, b.wall_seconds, "{:.1f}"),
     ]
     out = []
@@ -495,8 +506,10 @@ def sections(c: Comparison, plots: Mapping[str, str] | None = None) -> list[Sect
 
     out.append(Section("Efficiency", (Block("table", header=("", "A", "B", "B / A"), rows=c.efficiency),
                                       Block("para", text="Predict time is the held-out folds' predict calls, per "
-                                                         "1,000 OOF rows. Peak memory is not measured by `foldwise run` "
-                                                         "yet.")), in_note=False))
+                                                         "1,000 OOF rows. Peak memory is the most resident memory a "
+                                                         "fold added over its worker's start, for the largest fold "
+                                                         "(`peak_memory_bytes`); 'not recorded' when a run has "
+                                                         "none.")), in_note=False))
 
     agree_blocks: list[Block] = []
     if c.agreement is not None:

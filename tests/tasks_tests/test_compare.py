@@ -156,3 +156,39 @@ def test_pair_rows_refuses_different_rows_and_note_fits_the_tag() -> None:
                      _facts("B", "h", (0.8,) * 5), None, "no OOF", {})
     note = note_markdown(sections(c), "compare/x/writeup.md")
     assert len(note) <= 7900 and note.endswith("artifact `compare/x/writeup.md`.")
+
+
+def test_pair_rows_keeps_the_frame_when_an_integer_target_was_written_as_float() -> None:
+    """The CSV re-read gives the target as int64 (326); the OOF file holds it as float (326.0): the same data."""
+    target = np.arange(300, 310)
+    oof = pd.DataFrame({"row": np.arange(10), "fold": np.arange(10) % 2, "price": target.astype(float),
+                        "ensemble": np.linspace(300, 310, 10)})
+    frame = pd.DataFrame({"carat": np.linspace(0.2, 1.0, 10), "price": target})
+    rows, why = pair_rows(oof, oof, "ensemble", "ensemble", "price", "regression", frame)
+    assert why == "" and rows is not None and rows.frame is not None and rows.frame_note == ""
+    changed = frame.assign(price=target + 1)
+    rows, _ = pair_rows(oof, oof, "ensemble", "ensemble", "price", "regression", changed)
+    assert rows is not None and rows.frame is None and "no longer matches" in rows.frame_note
+
+
+def test_pair_rows_compares_text_labels_exactly() -> None:
+    oof = pd.DataFrame({"row": np.arange(4), "fold": [0, 1, 0, 1], "label": ["yes", "no", "yes", "no"],
+                        "ensemble": 0.5})
+    same = pd.DataFrame({"x": [1, 2, 3, 4], "label": ["yes", "no", "yes", "no"]})
+    rows, _ = pair_rows(oof, oof, "ensemble", "ensemble", "label", "binary", same)
+    assert rows is not None and rows.frame is not None
+    other = same.assign(label=["Yes", "no", "yes", "no"])
+    rows, _ = pair_rows(oof, oof, "ensemble", "ensemble", "label", "binary", other)
+    assert rows is not None and rows.frame is None and "no longer matches" in rows.frame_note
+
+
+def test_efficiency_text_does_not_say_peak_memory_is_unmeasured_when_runs_record_it() -> None:
+    frame, y, a, b = _data()
+    A = _facts("A", "h1", (0.8,) * 5, peak_memory_bytes=120e6)
+    B = _facts("B", "h1", (0.81,) * 5, peak_memory_bytes=150e6)
+    c = compare_runs(A, B, _rows(frame, y, a, b), "", {}, n_boot=20)
+    md = to_markdown(sections(c))
+    assert "| peak memory (MB) | 120.0 | 150.0 | 1.25x |" in md
+    assert "not measured" not in md and "Peak memory is the most resident memory" in md
+    unknown = compare_runs(_facts("A", "h1", (0.8,) * 5, peak_memory_bytes=-1.0), B, None, "no OOF", {})
+    assert "| peak memory (MB) | not recorded | 150.0 | - |" in to_markdown(sections(unknown))
