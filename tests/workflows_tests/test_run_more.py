@@ -173,6 +173,26 @@ def test_init_writes_a_runnable_starter_spec(tmp_path: Path) -> None:
     assert spec.task == "binary" and spec.metric == "roc_auc" and spec.cv.folds == 5
     assert [m.type for m in spec.models] == ["sklearn", "lightgbm"]
     assert main(["init", str(tmp_path / "churn_train.csv"), "--target", "churned", "--out", str(out)]) == 2
+    # data paths relative to the spec's folder (load_spec resolves them there), so the folder can move
+    raw = yaml.safe_load(out.read_text())
+    assert (raw["data"]["train"], raw["data"]["test"]) == ("churn_train.csv", "churn_test.csv")
+    (tmp_path / "specs").mkdir()
+    beside = tmp_path / "specs" / "s.yaml"
+    assert main(["init", str(tmp_path / "churn_train.csv"), "--target", "churned", "--out", str(beside)]) == 0
+    assert yaml.safe_load(beside.read_text())["data"]["train"] == "../churn_train.csv"
+    assert load_spec(beside).data.train == str((tmp_path / "churn_train.csv").resolve())
+
+
+def test_init_names_the_spec_after_the_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_churn(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name in ("diamonds_train.csv", "diamonds-train.csv", "train_diamonds.csv"):
+        (tmp_path / name).write_bytes((tmp_path / "churn_train.csv").read_bytes())
+        assert main(["init", name, "--target", "churned", "--force"]) == 0
+        spec = yaml.safe_load((tmp_path / "diamonds.yaml").read_text())
+        assert spec["name"] == "diamonds" and spec["data"]["train"] == name
+    (tmp_path / "train.csv").write_bytes((tmp_path / "churn_train.csv").read_bytes())
+    assert main(["init", "train.csv", "--target", "churned"]) == 0 and (tmp_path / "train.yaml").exists()
 
 
 def test_cli_main_job_as_a_user_runs_it(tmp_path: Path) -> None:

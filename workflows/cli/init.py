@@ -12,8 +12,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", required=True, help="target column")
     p.add_argument("--id", help="id column (kept out of features, written to the submission)")
     p.add_argument("--test", help="test data with the same columns minus the target")
-    p.add_argument("--name", help="spec name (default: the data file's stem)")
-    p.add_argument("--out", help="where to write the spec (default: <name>.yaml)")
+    p.add_argument("--name", help="spec name (default: the data file's stem without a train part: "
+                                  "diamonds_train.csv -> diamonds)")
+    p.add_argument("--out", help="where to write the spec (default: <name>.yaml); local data paths in it are "
+                                 "relative to its folder when the data lies under or beside it")
     p.add_argument("--force", action="store_true", help="overwrite an existing spec file")
 
 
