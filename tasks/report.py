@@ -64,7 +64,7 @@ def submission_frame(data: PreparedData, pred: np.ndarray) -> pd.DataFrame:
 
 def leaderboard_markdown(rows: list[LeaderboardRow], metric: str) -> str:
     """Best first (scores are greater-is-better), with fold spread and fit time."""
-    lines = [f"| rank | model | {metric} (mean of folds) | std | min fold | fit s | note |",
+    lines = [f"| rank | model | {metric} (mean of folds) | std | min fold | fit s (all folds) | note |",
              "|---:|---|---:|---:|---:|---:|---|"]
     for i, r in enumerate(sorted(rows, key=lambda r: -r.cv_score), 1):
         scores = np.asarray(r.fold_scores)

@@ -39,7 +39,7 @@ def print_leaderboard(summary: dict) -> None:
     table = Table(title=f"{summary['experiment']}: {summary['metric']}",
                   caption=f"{summary['folds']['n']} {summary['folds']['scheme']} folds, seed {summary['folds']['seed']}; "
                           "mean of fold scores, greater is better")
-    for col in ("model", "cv score", "std", "min fold", "fit s", "note"):
+    for col in ("model", "cv score", "std", "min fold", "fit s (all folds)", "note"):
         table.add_column(col, justify="left" if col in ("model", "note") else "right")
     rows = [(name, m["cv_score"], m["fold_scores"], sum(m["fit_seconds"]),
              f"{sum(m['cached'])}/{len(m['cached'])} folds cached" if any(m["cached"]) else "")
