@@ -14,12 +14,28 @@ from sklearn.metrics import get_scorer, get_scorer_names
 
 METRIC_NAMES: tuple[str, ...] = tuple(sorted(get_scorer_names()))
 
+# What people type -> sklearn's scorer name (a spec may use either; the note says which scorer it is).
+METRIC_ALIASES: dict[str, str] = {
+    "auc": "roc_auc", "roc": "roc_auc", "acc": "accuracy", "logloss": "neg_log_loss", "log_loss": "neg_log_loss",
+    "cross_entropy": "neg_log_loss", "f1_score": "f1", "ap": "average_precision", "pr_auc": "average_precision",
+    "brier": "neg_brier_score", "rmse": "neg_root_mean_squared_error", "mse": "neg_mean_squared_error",
+    "mae": "neg_mean_absolute_error", "rmsle": "neg_root_mean_squared_log_error", "msle": "neg_mean_squared_log_error",
+    "mape": "neg_mean_absolute_percentage_error", "medae": "neg_median_absolute_error", "r2": "r2", "r2_score": "r2",
+}
+
 DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "accuracy", "regression": "neg_root_mean_squared_error"}
 
 _REGRESSION_PREFIXES = ("neg_mean", "neg_median", "neg_root_mean", "neg_max_error", "r2", "explained_variance",
                         "max_error", "d2_", "neg_mean_poisson", "neg_mean_gamma")
 _CLUSTERING = ("adjusted_", "completeness", "fowlkes", "homogeneity", "mutual_info", "normalized_mutual",
                "rand_score", "v_measure")
+
+
+def metric_suggestions(name: str, n: int = 3) -> list[str]:
+    """Scorer names (or aliases) close to a misspelled `name`, closest first."""
+    import difflib
+
+    return difflib.get_close_matches(name, [*METRIC_NAMES, *METRIC_ALIASES], n=n, cutoff=0.75)
 
 
 @cache

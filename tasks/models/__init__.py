@@ -92,6 +92,14 @@ class Model(Protocol):
     # Optional: `feature_importance() -> dict[column, float] | None` after fit, for write-ups.
 
 
+def did_you_mean(name: str, valid: object) -> str:
+    """'; did you mean X?' for the closest of `valid` names to a misspelled `name`, or ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(v) for v in valid], n=2, cutoff=0.75)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
 def resolve_model_class(type_name: str) -> type:
     """A builtin name or 'package.module:ClassName' -> the adapter class (a user's, as its
     source is now: see tasks.source.import_fresh)."""

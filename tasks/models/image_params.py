@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from foldwise.tasks.models import did_you_mean
+
 DEFAULTS: dict[str, Any] = {
     "arch": "cnn",  # built-in small CNN, or timm:NAME (timm must be installed; never downloads)
     "weights": None,  # local path of a state_dict (or a checkpoint foldwise wrote) to start from
@@ -48,7 +50,8 @@ def check_params(params: dict) -> str | None:
     """One line naming the first bad parameter, or None."""
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
-        return f"torch_image has no parameter(s) {', '.join(unknown)} (valid: {', '.join(DEFAULTS)})"
+        hint = did_you_mean(unknown[0], DEFAULTS).removeprefix("; ")
+        return f"torch_image has no parameter(s) {', '.join(unknown)} ({hint + ' ' if hint else ''}valid: {', '.join(DEFAULTS)})"
     p = {**DEFAULTS, **params}
     for key, options in CHOICES.items():
         if p[key] not in options:

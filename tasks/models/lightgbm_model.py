@@ -20,7 +20,7 @@ try:
 except ImportError as e:  # pragma: no cover - lightgbm is a core dependency
     raise ImportError("model type lightgbm needs lightgbm: pip install lightgbm") from e
 
-from foldwise.tasks.models import FitContext, ModelConfig, inner_split
+from foldwise.tasks.models import FitContext, ModelConfig, did_you_mean, inner_split
 from foldwise.tasks.models.sklearn_model import _align_proba
 
 # Used only when lightgbm's private alias table is unavailable.
@@ -63,7 +63,8 @@ def check_params(params: dict) -> str | None:
     accepted = accepted_params()
     for name in params:
         if name not in accepted:
-            return f"lightgbm has no parameter {name!r} (see https://lightgbm.readthedocs.io/en/stable/Parameters.html)"
+            return (f"lightgbm has no parameter {name!r}{did_you_mean(name, accepted)} "
+                    "(see https://lightgbm.readthedocs.io/en/stable/Parameters.html)")
     return None
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from foldwise.tasks.models import did_you_mean
+
 DEFAULTS: dict[str, Any] = {
     "hidden": [128, 64],
     "dropout": 0.1,
@@ -18,5 +20,6 @@ DEFAULTS: dict[str, Any] = {
 def check_params(params: dict) -> str | None:
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
-        return f"torch_mlp has no parameter(s) {', '.join(unknown)} (valid: {', '.join(DEFAULTS)})"
+        hint = did_you_mean(unknown[0], DEFAULTS).removeprefix("; ")
+        return f"torch_mlp has no parameter(s) {', '.join(unknown)} ({hint + ' ' if hint else ''}valid: {', '.join(DEFAULTS)})"
     return None

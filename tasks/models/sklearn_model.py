@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from foldwise.tasks.features import column_kinds, preprocessor
-from foldwise.tasks.models import FitContext, ModelConfig
+from foldwise.tasks.models import FitContext, ModelConfig, did_you_mean
 from foldwise.tasks.source import import_fresh, installed_version
 
 
@@ -26,7 +26,8 @@ def check_params(path: str, params: dict) -> str | None:
     accepted = estimator_class(path)().get_params()
     for name in params:
         if name not in accepted:
-            return f"estimator {path} has no parameter {name!r} (valid: {', '.join(sorted(accepted))})"
+            return (f"estimator {path} has no parameter {name!r}{did_you_mean(name, accepted)} "
+                    f"(valid: {', '.join(sorted(accepted))})")
     return None
 
 
