@@ -337,7 +337,8 @@ class GroupOutcome:
     stats: PairedDelta  # the headline (the spec's ensemble; with one model, that model)
     model_stats: dict[str, PairedDelta]
     fit_seconds: float  # the variant's fits, summed over models and folds
-    fit_time_share: float  # see fit_time_share(): the share of the baseline's fit time the group costs
+    fit_time_share: float  # see fit_time_share(); kept in summary.json, the report shows fit_seconds_saved
+    fit_seconds_saved: float  # baseline fit seconds - the variant's (all models and folds): > 0 = dropping saves time
     importance: dict[str, GroupImportance | None] = field(default_factory=dict)  # model -> permutation importance
 
     @property
@@ -408,18 +409,19 @@ def ablation_markdown(r: AblationReport, chart: str | None = None) -> str:
         "**Verdict**: `helps` (interval below 0: dropping it costs score), `hurts` (interval above 0: the model is "
         "better without it), `neutral` (interval covers 0: no measurable effect).", "",
         "| rank | group | verdict | delta | 95% interval (bootstrap) | 95% t over folds | folds worse without | "
-        "columns | fit-time share | permutation importance* |",
+        "columns | fit s saved | permutation importance* |",
         "|---:|---|---|---:|---|---|---:|---|---:|---:|",
     ]
     for i, o in enumerate(rows, 1):
         worse = sum(d < 0 for d in o.stats.fold_deltas)
         imp = _mean_importance(o)
         lines.append(f"| {i} | {o.group} | **{o.stats.verdict}** | {o.stats.delta:+.5f} | {_ci(o.stats.ci)} | "
-                     f"{_ci(o.stats.ci_t)} | {worse}/{k} | {_cols(o.columns)} | {o.fit_time_share:+.0%} | "
+                     f"{_ci(o.stats.ci_t)} | {worse}/{k} | {_cols(o.columns)} | {o.fit_seconds_saved:+.2f} | "
                      f"{'n/a' if imp is None else f'{imp:+.5f}'} |")
-    lines += ["", "*fit-time share*: 1 - variant / baseline fit time, each the sum over models of the median fold "
-              "fit seconds: the share of fit time the group costs (timings are noisy on a busy machine; a cached "
-              "baseline keeps the fit times of the run that computed it). "
+    lines += ["", "*fit s saved*: the baseline's fit seconds minus the variant's, each summed over models and folds "
+              "(positive: dropping the group saves that much fit time; negative: the variant took longer). Timings "
+              "are noisy on a busy machine, so small values in either direction mean nothing; a cached baseline keeps "
+              "the fit times of the run that computed it. "
               "*permutation importance*: a different, weaker measure, see below.", ""]
     if chart:
         lines += [f"![delta per group]({chart})", ""]

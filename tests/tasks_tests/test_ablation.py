@@ -227,10 +227,11 @@ def test_permutation_importance_reuses_the_fitted_model(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- the report
 
 
-def _outcome(group: str, delta: float, ci: tuple[float, float], cols: tuple[str, ...]) -> GroupOutcome:
+def _outcome(group: str, delta: float, ci: tuple[float, float], cols: tuple[str, ...],
+             saved: float = 0.25) -> GroupOutcome:
     stats = PairedDelta(fold_deltas=(delta,) * 4, delta=delta, ci=ci, ci_t=ci, verdict=verdict_of(ci))
     return GroupOutcome(group=group, columns=cols, cv_score=0.8 + delta, stats=stats, model_stats={"lr": stats},
-                        fit_seconds=1.0, fit_time_share=0.25, importance={"lr": None})
+                        fit_seconds=1.0, fit_time_share=0.25, fit_seconds_saved=saved, importance={"lr": None})
 
 
 def test_report_sorted_by_worth_with_candidates_and_chart(tmp_path: Path) -> None:
@@ -250,3 +251,18 @@ def test_report_sorted_by_worth_with_candidates_and_chart(tmp_path: Path) -> Non
     assert removal_candidates(outcomes) == ["noise", "leaky"]
     png = plot_deltas(report, tmp_path / "ablation.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_says_fit_seconds_saved_not_a_share() -> None:
+    """Baseline minus variant fit seconds, signed so that positive = dropping the group saves time."""
+    outcomes = (_outcome("big", -0.2, (-0.25, -0.15), ("x1",), saved=12.5),
+                _outcome("cheap", 0.0, (-0.01, 0.01), ("x2",), saved=-0.4))
+    report = AblationReport(title="syn", metric="roc_auc", headline="model lr", baseline_score=0.8,
+                            baseline_fold_scores=(0.8,) * 4, n_features=2, folds="4 stratified folds",
+                            outcomes=outcomes, models=("lr",), n_boot=100, repeats=3)
+    md = ablation_markdown(report)
+    header = next(line for line in md.splitlines() if line.startswith("| rank"))
+    assert "| fit s saved |" in header and "share" not in header
+    rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| ") and "**" in line}
+    assert "| +12.50 |" in rows["big"] and "| -0.40 |" in rows["cheap"]
+    assert "fit-time share" not in md and "positive: dropping the group saves" in md

@@ -144,6 +144,8 @@ def test_summary_contract(runs: dict) -> None:
         lo, hi = v["delta_ci"]
         assert lo <= hi and v["verdict"] == ("helps" if hi < 0 else "hurts" if lo > 0 else "neutral")
         assert set(v["models"]) == {"a", "b"} and v["models"]["a"]["verdict"] in ("helps", "hurts", "neutral")
+        assert v["fit_seconds_saved"] == pytest.approx(s["baseline"]["fit_seconds"] - v["fit_seconds"])
+        assert "fit_time_share" in v  # kept for readers of older summaries
     assert "bootstrap" in s["interval_method"] and s["bootstrap_resamples"] == 500
     assert s["removal_candidates"] == ([] if s["variants"][2]["verdict"] == "helps" else ["noise"])
 
@@ -165,7 +167,7 @@ def test_report_and_chart(runs: dict) -> None:
     ranked = [line.split("|")[2].strip() for line in md.splitlines() if line.startswith("| ") and "**" in line]
     assert ranked == ["strong", "weak", "noise"]
     assert "## Candidates to remove" in md and "Permutation importance (a different, weaker measure)" in md
-    assert "`s1`" in md and "fit-time share" in md
+    assert "`s1`" in md and "fit s saved" in md and "fit-time share" not in md
     png = (res.out_dir / "ablation.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 

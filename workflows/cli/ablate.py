@@ -51,15 +51,16 @@ def print_table(summary: dict[str, Any]) -> None:
     table = Table(title=f"{summary['experiment']}: feature ablation, {summary['metric']} "
                         f"(baseline {base['cv_score']:.5f}{', cached' if base['cached'] else ''})",
                   caption=f"{folds['n']} {folds['scheme']} folds, seed {folds['seed']}; delta = variant - baseline, "
-                          "< 0: the group helps; 95% paired bootstrap over OOF rows")
-    for col in ("group", "verdict", "delta", "95% interval", "columns", "fit-time share"):
+                          "< 0: the group helps; 95% paired bootstrap over OOF rows; fit s saved = baseline - "
+                          "variant fit seconds, all models and folds (> 0: dropping the group saves time)")
+    for col in ("group", "verdict", "delta", "95% interval", "columns", "fit s saved"):
         table.add_column(col, justify="left" if col in ("group", "verdict") else "right")
     style = {"helps": "green", "hurts": "red", "neutral": "dim"}
     for v in summary["variants"]:
         ci = v["delta_ci"]
         table.add_row(v["dropped"], f"[{style[v['verdict']]}]{v['verdict']}[/]", f"{v['delta']:+.5f}",
                       "n/a" if ci is None else f"[{ci[0]:+.5f}, {ci[1]:+.5f}]", str(len(v["columns"])),
-                      f"{v['fit_time_share']:+.0%}")
+                      f"{v['fit_seconds_saved']:+.2f}")
     console = Console()
     console.print(table)
     if summary["removal_candidates"]:

@@ -74,6 +74,7 @@ def finish(ctx: RunContext, ablation: AblationPlan, dag: AblationDag, nodes_run:
             stats=dag.stats[v.name][None], model_stats={m: dag.stats[v.name][m] for m in model_names},
             fit_seconds=sum(r.fit_seconds for r in fits(v)),
             fit_time_share=fit_time_share(fold_fit_seconds(variants[0]), fold_fit_seconds(v)),
+            fit_seconds_saved=base_fit - sum(r.fit_seconds for r in fits(v)),
             importance={m: (imp[v.name] if (imp := dag.importance.get(m)) is not None else None)
                         for m in model_names}))
     base_scores = dag.headline[BASELINE][1]
@@ -144,7 +145,8 @@ def finish(ctx: RunContext, ablation: AblationPlan, dag: AblationDag, nodes_run:
             "dropped": o.group, "columns": list(o.columns), "cv_score": o.cv_score,
             "fold_scores": list(dag.headline[o.group][1]), "fold_deltas": list(o.stats.fold_deltas),
             "delta": o.stats.delta, "delta_ci": pair(o.stats.ci), "delta_ci_t": pair(o.stats.ci_t),
-            "verdict": o.stats.verdict, "fit_seconds": o.fit_seconds, "fit_time_share": o.fit_time_share,
+            "verdict": o.stats.verdict, "fit_seconds": o.fit_seconds, "fit_seconds_saved": o.fit_seconds_saved,
+            "fit_time_share": o.fit_time_share,
             "cached": all(c for m in model_names for c in dag.cached[node_name(v, by_name[m])]),
             "models": {m: model_block(v, m) for m in model_names},
             "permutation_importance": {m: ({"mean": i.mean, "std": i.std} if i is not None else None)
@@ -174,7 +176,8 @@ def log_variants(tracker: tk.Tracker, parent: str, children: Mapping[str, str], 
         tags = dict(provenance)
         params = {"ablation.n_columns_dropped": len(v.columns), "ablation.columns_dropped": ",".join(v.columns)}
         if v.dropped is not None:
-            metrics |= {"delta": block["delta"], "fit_time_share": block["fit_time_share"]}
+            metrics |= {"delta": block["delta"], "fit_time_share": block["fit_time_share"],
+                        "fit_seconds_saved": block["fit_seconds_saved"]}
             if block["delta_ci"] is not None:
                 metrics |= {"delta_lo": block["delta_ci"][0], "delta_hi": block["delta_ci"][1]}
             tags[tk.TAG_ABLATION_VERDICT] = block["verdict"]
