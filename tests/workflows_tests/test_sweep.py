@@ -242,6 +242,78 @@ def test_default_outputs_go_under_foldwise_outputs(ray_cluster, tmp_path: Path, 
     assert Path(s["outputs"]["trials"]).parent == summary.parent
 
 
+
+def test_first_trial_is_the_specs_own_params_and_the_best_is_no_worse(ray_cluster, tmp_path: Path, capsys) -> None:
+    """Issue 23 item 4: the spec's own params (inside the space) run as trial 0, so a sweep cannot end worse."""
+    from foldwise.workflows.cli.sweep import print_trials
+    from foldwise.workflows.commands.sweep import run_sweep
+
+    spec = sweep_spec(trials=4, refit=False)
+    own = {"min_child_samples": 300, "num_leaves": 8}  # a constant model (AUC 0.5): ASHA would cut it at fold 1
+    spec["models"][0]["params"].update(own)
+    result = run_sweep(spec, concurrency=2, out=tmp_path / "out", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                       storage=str(tmp_path / "store"))
+    first = min(result.outcomes, key=lambda o: o.number)
+    assert first.number == 0 and first.params == own, "trial 0 runs exactly the spec's params"
+    assert first.state == "completed", "the baseline trial is never pruned"
+    summary = json.loads((result.out_dir / "summary.json").read_text())
+    baseline = summary["baseline_trial"]
+    assert baseline == {"number": 0, "params": own, "state": "completed", "cv_score": pytest.approx(first.cv_score),
+                        "run_id": first.run_id}
+    assert summary["baseline_skipped"] == {}
+    assert result.summary["best"]["cv_score"] >= baseline["cv_score"]
+    print_trials(result)
+    assert "baseline: trial 0" in capsys.readouterr().out
+
+
+def test_baseline_point_keeps_the_params_inside_the_space() -> None:
+    """Params outside the space, or left to the model's default, are not enqueued: the summary says which and why."""
+    from foldwise.workflows.commands.sweep.plan import plan_sweep
+    from foldwise.workflows.pipeline.spec import load_spec
+
+    spec = sweep_spec(space={"min_child_samples": {"int": [2, 400]}, "num_leaves": {"int": [4, 32], "log": True},
+                             "learning_rate": {"loguniform": [0.01, 0.1]},
+                             "boosting_type": {"categorical": ["gbdt", "dart"]},
+                             "subsample": {"uniform": [0.5, 1.0], "step": 0.1}})
+    spec["models"][0]["params"].update({"min_child_samples": 20, "boosting_type": "goss", "subsample": 0.75})
+    plan = plan_sweep(load_spec(spec))
+    assert plan.baseline == {"min_child_samples": 20}
+    assert set(plan.baseline_skipped) == {"num_leaves", "learning_rate", "boosting_type", "subsample"}
+    assert "not in the model's params" in plan.baseline_skipped["num_leaves"]
+    assert "outside" in plan.baseline_skipped["learning_rate"] and "0.2" in plan.baseline_skipped["learning_rate"]
+    assert "outside" in plan.baseline_skipped["boosting_type"] and "outside" in plan.baseline_skipped["subsample"]
+    assert plan_sweep(load_spec(sweep_spec())).baseline == {}, "nothing to enqueue: the sweep is unchanged"
+
+
+
+@pytest.mark.parametrize("pruner", ["asha", "median"])
+def test_the_pruners_record_the_baseline_trial_but_never_stop_it(pruner: str) -> None:
+    """Trial 0 (Tune's tag "1_...") scores worst at every fold: recorded in the rungs, never stopped."""
+    from foldwise.workflows.engine.tune import FOLDS_DONE, SCORE, make_scheduler
+
+    class Trial:
+        def __init__(self, i: int) -> None:
+            self.trial_id, self.experiment_tag = f"t{i}", f"{i + 1}_x=1"
+
+    def decisions(spare: bool) -> list[str]:
+        scheduler = make_scheduler(pruner, 3, spare_baseline=spare)
+        scheduler.set_search_properties(SCORE, "max")
+        trials = [Trial(i) for i in range(5)]
+        for t in trials:
+            scheduler.on_trial_add(None, t)
+        out = []
+        for fold in (1, 2):
+            for t in trials[1:]:
+                scheduler.on_trial_result(None, t, {FOLDS_DONE: fold, SCORE: 0.9 + int(t.trial_id[1:]) / 100})
+            out.append(scheduler.on_trial_result(None, trials[0], {FOLDS_DONE: fold, SCORE: 0.5}))
+            if out[-1] == "STOP":  # a stopped trial reports no more
+                break
+        return out
+
+    assert "STOP" in decisions(spare=False), "the premise: an ordinary trial this bad is stopped"
+    assert decisions(spare=True) == ["CONTINUE", "CONTINUE"]
+
+
 BAD_SPACES = {
     "unknown distribution": ({"space": {"num_leaves": {"normal": [4, 32]}}}, [],
                              "spec key 'search.space.num_leaves': unknown distribution or option 'normal'"),
@@ -320,7 +392,7 @@ def test_resume_after_sigkill_continues_the_same_sweep(ray_cluster, tmp_path: Pa
     spec["name"] = "sweep-resume"
     spec["data"] = {"train": str(tmp_path / "train.csv"), "target": "y"}
     spec["models"] = [{"name": "slow", "type": "tests.workflows_tests.adapters:SlowLogistic",
-                       "params": {"sleep": 0.7}}]
+                       "params": {"sleep": 0.7, "C": 1.0}}]  # C inside the space: trial 0 is the baseline
     spec["search"]["model"] = "slow"
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -385,6 +457,8 @@ def test_resume_after_sigkill_continues_the_same_sweep(ray_cluster, tmp_path: Pa
     assert len(final) == RESUME_TRIALS == summary["trials"]["total"], "ends with the requested total"
     assert len({r.data.tags["foldwise.trial_id"] for r in final}) == RESUME_TRIALS, "no trial has two ended runs"
     assert not [r for r in after if r.info.status == "RUNNING"], "no run left RUNNING"
+    assert len([r for r in final if float(r.data.params["C"]) == 1.0]) == 1, "a resume does not enqueue the baseline again"
+    assert summary["baseline_trial"]["number"] == 0 and summary["baseline_trial"]["params"] == {"C": 1.0}
     for trial_id, run_id in ended_before.items():  # no duplicate of what had ended
         assert [r.info.run_id for r in after if r.data.tags["foldwise.trial_id"] == trial_id] == [run_id]
     assert [r.info.run_id for r in after if r.data.tags["foldwise.trial_id"] == replay_trial] == [replay_run]

@@ -54,14 +54,31 @@ def print_trials(result) -> None:  # noqa: ANN001 - a foldwise.workflows.command
     table.add_column("trial", justify="right")
     table.add_column("cv score", justify="right")
     table.add_column("params")
+    base = s.get("baseline_trial")
     for o in done:
-        table.add_row(str(o.number), f"{o.cv_score:.5f}", ", ".join(f"{k}={_short(v)}" for k, v in o.params.items()))
+        mark = " (spec)" if base and o.number == base["number"] else ""
+        table.add_row(f"{o.number}{mark}", f"{o.cv_score:.5f}", ", ".join(f"{k}={_short(v)}" for k, v in o.params.items()))
     console = Console()
     console.print(table)
+    console.print(baseline_line(s), highlight=False)
     if s.get("refit"):
         console.print(f"refit of the best params: {s['metric']} {s['refit']['cv_score']:.5f} "
                       f"(MLflow run {s['refit']['run_id']}, outputs in {s['refit']['out_dir']})")
     console.print(f"MLflow run {s['run_id']} in experiment {s['experiment']!r} ({s['tracking_uri']})")
+
+
+def baseline_line(s: dict) -> str:
+    """Where the sweep started: trial 0 ran the spec's own params (or why it did not, or only partly)."""
+    base, skipped = s.get("baseline_trial"), s.get("baseline_skipped") or {}
+    why = "; ".join(f"{k}: {v}" for k, v in skipped.items())
+    if not base:
+        return f"no baseline trial: no search.space key has the model's own value inside the space ({why})"
+    score = f"{s['metric']} {base['cv_score']:.5f}" if base["cv_score"] is not None else base["state"]
+    params = ", ".join(f"{k}={_short(v)}" for k, v in base["params"].items() if k not in skipped)
+    line = f"baseline: trial {base['number']} ran the spec's own params ({params}): {score}"
+    if base["cv_score"] is not None and s["best"]["cv_score"] is not None:
+        line += f"; the best is {s['best']['cv_score'] - base['cv_score']:+.5f} from it"
+    return line + (f"; sampled instead: {why}" if why else "")
 
 
 def _short(v: object) -> str:

@@ -173,20 +173,65 @@ class FoldMedianRule(MedianStoppingRule):
         return TrialScheduler.CONTINUE
 
 
-def make_searcher(space: dict[str, Any], seed: int, n_folds: int) -> FoldSearch:
-    """Optuna's TPE over `space` (name -> Optuna distribution), seeded, constant liar on (trials run in parallel)."""
+def make_searcher(space: dict[str, Any], seed: int, n_folds: int, baseline: dict[str, Any] | None = None) -> FoldSearch:
+    """Optuna's TPE over `space` (name -> Optuna distribution), seeded, constant liar on (trials run in parallel).
+
+    `baseline` (some or all of the space's keys) is enqueued: Optuna's first trial takes those
+    values and samples the rest. Only a new sweep builds a searcher; a resume restores the saved
+    one, whose study already holds the enqueued trial, so the point is never added twice.
+    """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    return FoldSearch(space=dict(space), metric=SCORE, mode="max", sampler=sampler, n_folds=n_folds)
+    searcher = FoldSearch(space=dict(space), metric=SCORE, mode="max", sampler=sampler, n_folds=n_folds)
+    if baseline:
+        # not OptunaSearch's points_to_evaluate: it insists on a value for every key of the space
+        searcher._ot_study.enqueue_trial(dict(baseline))
+    return searcher
 
 
-def make_scheduler(pruner: str, n_folds: int) -> TrialScheduler:
-    """ASHA (rungs at 1, 2, 4... folds; the better half goes on), the median rule, or none."""
+BASELINE_TRIAL = 0  # the creation index of the enqueued trial (Optuna hands out enqueued trials first)
+
+
+class _SparesBaseline:
+    """A pruner that records the baseline trial's scores like any other's but never stops it."""
+
+    spare_baseline = False
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+        if self.spare_baseline and creation_index(trial) == BASELINE_TRIAL and decision != TrialScheduler.NOOP:
+            return TrialScheduler.CONTINUE
+        return decision
+
+
+class FoldASHA(_SparesBaseline, ASHAScheduler):
+    """ASHA on folds done, sparing the baseline trial."""
+
+
+class SparingMedianRule(_SparesBaseline, FoldMedianRule):
+    """The median rule on folds done, sparing the baseline trial."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.CONTINUE:
+            self._stopped_trials.discard(trial)  # the rule asserts a trial it stopped never reports again
+        return decision
+
+
+def make_scheduler(pruner: str, n_folds: int, spare_baseline: bool = False) -> TrialScheduler:
+    """ASHA (rungs at 1, 2, 4... folds; the better half goes on), the median rule, or none.
+
+    `spare_baseline`: the baseline trial (the spec's own params, enqueued first) runs every fold,
+    so the sweep's best is never worse than it; its scores still count in the pruners' rungs.
+    """
     if pruner == "asha" and n_folds > 1:
-        return ASHAScheduler(time_attr=FOLDS_DONE, max_t=n_folds, grace_period=1, reduction_factor=ASHA_REDUCTION)
-    if pruner == "median" and n_folds > 1:
-        return FoldMedianRule(time_attr=FOLDS_DONE, grace_period=1, min_samples_required=MEDIAN_MIN_TRIALS)
-    return FIFOScheduler()
+        scheduler: Any = FoldASHA(time_attr=FOLDS_DONE, max_t=n_folds, grace_period=1, reduction_factor=ASHA_REDUCTION)
+    elif pruner == "median" and n_folds > 1:
+        scheduler = SparingMedianRule(time_attr=FOLDS_DONE, grace_period=1, min_samples_required=MEDIAN_MIN_TRIALS)
+    else:
+        return FIFOScheduler()
+    scheduler.spare_baseline = spare_baseline
+    return scheduler
 
 
 @dataclass(frozen=True)
@@ -257,6 +302,7 @@ class TuneJob:
     trials: int
     timeout: float | None
     resume: bool  # restore Tune's saved experiment when there is one
+    baseline: dict[str, Any] = field(default_factory=dict)  # enqueued as the first trial (a new sweep only)
 
 
 def run_tuner(job: TuneJob, inputs: TrialInputs, slots: Slots, book: TrialBook) -> None:
@@ -275,8 +321,9 @@ def run_tuner(job: TuneJob, inputs: TrialInputs, slots: Slots, book: TrialBook) 
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    metric=SCORE, mode="max", search_alg=make_searcher(job.space, job.seed, inputs.n_folds),
-                    scheduler=make_scheduler(job.pruner, inputs.n_folds), num_samples=job.trials,
+                    metric=SCORE, mode="max", search_alg=make_searcher(job.space, job.seed, inputs.n_folds, job.baseline),
+                    scheduler=make_scheduler(job.pruner, inputs.n_folds, spare_baseline=bool(job.baseline)),
+                    num_samples=job.trials,
                     max_concurrent_trials=slots.concurrency, reuse_actors=True, time_budget_s=job.timeout),
                 run_config=tune.RunConfig(name=Path(job.tune_path).name, storage_path=str(Path(job.tune_path).parent),
                                           verbose=0, callbacks=[callback],

@@ -4,7 +4,8 @@ The composition, top to bottom in `run_sweep` (command.py):
   validate (plan.py: spec, space vs the model's params) -> Ray up, data prepared once and the
   fold plan computed once through the executor (the same plan as `foldwise run`) -> MLflow
   parent -> Ray Tune `Tuner` (engine.tune: OptunaSearch with a seeded TPE and the constant
-  liar, ASHA or median pruning on folds done, actors reused) whose trials read the data by
+  liar, the spec's own params enqueued as trial 0 (the baseline trial, never pruned), ASHA or
+  median pruning on folds done, actors reused) whose trials read the data by
   reference and score the folds -> the trials' child runs written by the driver from a Tune
   callback (tracking.sweep_book) -> plots, an optional refit through the `foldwise run`
   graph (pipeline.cross_validation), summary.json (finish.py).

@@ -151,7 +151,7 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
                                        bundles=slots.bundles, report_at=report_points(plan.pruner, n_folds),
                                        replays=replays)
             job = TuneJob(tune_path=state.tune_path, space=plan.distributions(), seed=plan.seed, pruner=plan.pruner,
-                          trials=plan.trials, timeout=plan.timeout, resume=prior is not None)
+                          trials=plan.trials, timeout=plan.timeout, resume=prior is not None, baseline=plan.baseline)
             run_tuner(job, trial_inputs, slots, book)
             writer.flush()
             bar.update(book)

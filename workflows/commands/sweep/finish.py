@@ -13,10 +13,10 @@ from typing import Any
 from foldwise.infra import storage
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.report import write_json
-from foldwise.tasks.sweep_report import TrialOutcome, counts, importances, study_of, trials_frame, write_plots
+from foldwise.tasks.sweep_report import FINAL_STATES, TrialOutcome, counts, importances, study_of, trials_frame, write_plots
 from foldwise.workflows.commands.sweep.plan import SweepPlan
 from foldwise.workflows.commands.sweep.state import SweepState
-from foldwise.workflows.engine.tune import Slots
+from foldwise.workflows.engine.tune import BASELINE_TRIAL, Slots
 from foldwise.workflows.pipeline.cross_validation import cross_validate
 from foldwise.workflows.pipeline.inputs import Inputs
 from foldwise.workflows.pipeline.plan import plan_run
@@ -96,6 +96,8 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
         "best": {"params": best.params, "cv_score": best.cv_score,
                  "fold_scores": [best.fold_scores[k] for k in sorted(best.fold_scores)],
                  "run_id": best.run_id, "trial": best.number},
+        "baseline_trial": baseline_trial(plan, outcomes),
+        "baseline_skipped": dict(plan.baseline_skipped),
         "trials": c,
         "trials_requested": plan.trials,
         "importances": importance,
@@ -117,6 +119,21 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
     storage.publish_folder(out_dir, ctx.out)
     return SweepResult(summary=summary, out_dir=out_dir if not storage.is_uri(ctx.out) else ctx.out,
                        outcomes=tuple(outcomes))
+
+
+def baseline_trial(plan: SweepPlan, outcomes: list[TrialOutcome]) -> dict[str, Any] | None:
+    """Trial 0, enqueued with the spec's own params (None when no space key had one inside the space).
+
+    When it completes, the best is at least its score: a sweep never ends worse than where it started.
+    """
+    if not plan.baseline:
+        return None
+    attempts = [o for o in outcomes if o.number == BASELINE_TRIAL]
+    if not attempts:  # --timeout ended the sweep before it started
+        return {"number": BASELINE_TRIAL, "params": dict(plan.baseline), "state": "not run", "cv_score": None,
+                "run_id": None}
+    o = next((a for a in attempts if a.state in FINAL_STATES), attempts[-1])
+    return {"number": o.number, "params": dict(o.params), "state": o.state, "cv_score": o.cv_score, "run_id": o.run_id}
 
 
 def artifact_view(out_dir: Path) -> Path:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 from foldwise.tasks.models import ModelConfig
@@ -29,6 +30,10 @@ class SweepPlan:
     parallel_folds: bool
     refit: bool
     seed: int
+    # the model's own params for the space's keys, where they lie inside it: enqueued as trial 0
+    # (the baseline trial), so a sweep's best is never worse than the untuned model
+    baseline: dict[str, Any] = field(default_factory=dict)
+    baseline_skipped: dict[str, str] = field(default_factory=dict)  # space key -> why it is not in `baseline`
 
     def distributions(self) -> dict[str, Any]:
         """The space as Optuna distributions (the searcher's, and the study the plots are drawn from)."""
@@ -76,9 +81,46 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
         raise InputError(f"--concurrency must be at least 1 (got {concurrency})")
     if timeout is not None and timeout <= 0:
         raise InputError(f"--timeout must be > 0 seconds (got {timeout})")
-    return SweepPlan(model=model_config(m), model_index=index, space=space, trials=trials or search.trials,
+    model = model_config(m)
+    baseline, skipped = baseline_point(model.params, space)
+    return SweepPlan(model=model, model_index=index, space=space, trials=trials or search.trials,
                      concurrency=concurrency, timeout=timeout, pruner=search.pruner,
-                     parallel_folds=search.parallel_folds, refit=search.refit, seed=spec.cv.seed)
+                     parallel_folds=search.parallel_folds, refit=search.refit, seed=spec.cv.seed,
+                     baseline=baseline, baseline_skipped=skipped)
+
+
+def baseline_point(params: dict[str, Any], space: tuple[ParamDist, ...]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The model's own values of the space's keys that lie inside it, and why each other key is left out.
+
+    A key left out is sampled in trial 0 like any other trial's: then trial 0 is not the untuned model.
+    """
+    point: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for d in space:
+        if d.name not in params:
+            skipped[d.name] = "not in the model's params"
+        elif not inside(d, params[d.name]):
+            skipped[d.name] = f"the model's value {params[d.name]!r} is outside the space"
+        else:
+            point[d.name] = params[d.name]
+    return point, skipped
+
+
+def inside(d: ParamDist, value: Any) -> bool:
+    """Whether the space's distribution can draw `value` (its range, its step grid, its choices)."""
+    if d.kind == "categorical":
+        return any(value == c and type(value) is type(c) for c in d.choices)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    if d.kind == "int" and int(value) != value:
+        return False
+    if not d.low <= value <= d.high:
+        return False
+    step = d.step or (1 if d.kind == "int" else None)
+    if step:
+        k = (value - d.low) / step
+        return abs(k - round(k)) < 1e-8
+    return True
 
 
 def spec_hash(spec: WorkflowSpec) -> str:
