@@ -35,6 +35,11 @@ MISSING_GAP = 0.05  # absolute difference in missing share between train and the
 MISSING_NEW = 0.01  # ... or never missing on one side, at least this share missing on the other
 
 
+# The codes of the warnings below: a spec silences them by name (`checks: {ignore: [CODE, ...]}`).
+WARNING_CODES: tuple[str, ...] = ("constant", "near_constant", "duplicated_column", "high_cardinality", "unseen_levels",
+                                  "missing_rate", "shared_ids", "leak", "row_order_tracks_target", "id_tracks_target")
+
+
 @dataclass(frozen=True)
 class Finding:
     """One problem with the data, as one line that names the column."""
@@ -43,6 +48,11 @@ class Finding:
     code: str  # e.g. target_constant, leak, unseen_levels
     column: str | None
     message: str
+
+    @property
+    def line(self) -> str:
+        """The message with its code, as printed: the code is what `checks: {ignore: [...]}` takes."""
+        return f"{self.message} [{self.code}]"
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,8 @@ def frame_warnings(train: pd.DataFrame, config: DataConfig, task: str, y: np.nda
     ids = list(id_like_columns(train[features]))
     if config.id is not None and config.id in train.columns:
         ids = [config.id, *ids]
-    out += tracking_ids(train, ids, y, task, seed, config.id)
+    excluded = {c for c in (config.id, config.groups) if c} | set(config.drop)
+    out += tracking_ids(train, ids, y, task, seed, config.id, excluded)
     return tuple(out)
 
 
@@ -298,8 +309,10 @@ def leaks(features: pd.DataFrame, y: np.ndarray, task: str, categorical: set[str
 
 
 def tracking_ids(train: pd.DataFrame, ids: list[str], y: np.ndarray, task: str, seed: int,
-                 id_column: str | None) -> list[Finding]:
-    """Id-like columns (and the row order) whose order predicts the target."""
+                 id_column: str | None, excluded: set[str] | frozenset[str] = frozenset()) -> list[Finding]:
+    """Id-like columns (and the row order) whose order predicts the target. A column already kept
+    out of the features (`excluded`: data.id, data.groups, features.drop) gets what it means instead
+    of advice to exclude it."""
     out = []
     for s in ids_tracking_target(train, y, task, list(dict.fromkeys(ids)), seed=seed):
         if s.column == ROW_ORDER:
@@ -308,9 +321,14 @@ def tracking_ids(train: pd.DataFrame, ids: list[str], y: np.ndarray, task: str, 
                                "sorted by, or collected with, the outcome; unshuffled and time splits will see shifted folds"))
         else:
             kind = "the id column" if s.column == id_column else "id-like column"
+            if s.column in excluded:
+                meaning = ("it is not a feature, so nothing leaks: most likely the file is sorted by the target (or "
+                           "ids were assigned with the outcome); the row order matters only for the time scheme")
+            else:
+                meaning = "ids assigned with the outcome leak it; keep it out of the features"
             out.append(Finding("warning", "id_tracks_target", s.column,
                                f"{kind} {s.column!r} tracks the target (its order alone scores {s.metric} {s.score:.3f}): "
-                               "ids assigned with the outcome leak it; keep it out of the features"))
+                               f"{meaning}"))
     return out
 
 
