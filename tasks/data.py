@@ -39,6 +39,7 @@ class DataConfig:
     categorical: tuple[str, ...] = ()
     task: str | None = None  # None -> inferred from the target
     image: str | None = None  # column of image paths (relative to the table's folder); not a feature
+    positive_class: object = None  # binary: the label encoded 1 (None: the last in sorted order)
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,7 @@ def inspect_data(config: DataConfig) -> DataSummary:
     if len(frame) == 0:
         raise DataError(f"{config.train!r} has no rows")
     task = config.task or infer_task(frame[config.target])
-    y, classes = encode_target(frame[config.target], task, config.target)
+    y, classes = encode_target(frame[config.target], task, config.target, config.positive_class)
     if config.id is not None and frame[config.id].duplicated().any():
         dup = frame[config.id][frame[config.id].duplicated()].iloc[0]
         dup = dup.item() if hasattr(dup, "item") else dup
@@ -278,11 +279,17 @@ def infer_task(target: pd.Series) -> str:
     return "multiclass" if integral and n_unique <= 20 else "regression"
 
 
-def encode_target(target: pd.Series, task: str, name: str) -> tuple[np.ndarray, tuple]:
-    """Class codes in sorted label order (as LabelEncoder), or float values."""
+def encode_target(target: pd.Series, task: str, name: str, positive_class: object = None) -> tuple[np.ndarray, tuple]:
+    """Class codes in sorted label order (as LabelEncoder), or float values.
+
+    Binary: `positive_class` (data.positive_class) is the label coded 1, so the probability
+    foldwise writes is P(target == positive_class); by default the last label in sorted order
+    ('yes' of no/yes, 1 of 0/1). `classes` is always in code order."""
     if target.isna().any():
         raise DataError(f"data.target: column {name!r} has {int(target.isna().sum())} missing value(s); "
                         "drop those rows or fill them")
+    if positive_class is not None and task != "binary":
+        raise DataError(f"data.positive_class is for binary tasks (this task is {task}); remove it")
     if task == "regression":
         if not pd.api.types.is_numeric_dtype(target):
             raise DataError(f"data.target: column {name!r} is not numeric, but the task is regression")
@@ -297,7 +304,30 @@ def encode_target(target: pd.Series, task: str, name: str) -> tuple[np.ndarray, 
         raise DataError(f"data.target: column {name!r} is constant ({classes[0]!r}); nothing to learn")
     if task == "binary" and len(classes) != 2:
         raise DataError(f"task: binary, but data.target {name!r} has {len(classes)} classes (use multiclass)")
-    return codes.astype(np.int64), tuple(c.item() if hasattr(c, "item") else c for c in classes)
+    labels = tuple(c.item() if hasattr(c, "item") else c for c in classes)
+    codes = codes.astype(np.int64)
+    if positive_class is not None:
+        positive = class_index(positive_class, labels)
+        if positive is None:
+            raise DataError(f"data.positive_class: {positive_class!r} is not a class of {name!r} "
+                            f"(classes: {', '.join(repr(c) for c in labels)})")
+        if positive == 0:
+            return 1 - codes, (labels[1], labels[0])
+    return codes, labels
+
+
+_YAML_BOOLS = {True: ("true", "yes", "y", "on"), False: ("false", "no", "n", "off")}
+
+
+def class_index(value: object, classes: tuple) -> int | None:
+    """The position of `value` among `classes`, matched as written: equal, equal as text, or a YAML
+    boolean (an unquoted `no` in a spec is False) spelled as one of the labels; None if none is."""
+    for match in (lambda c: type(c) is type(value) and c == value, lambda c: str(c) == str(value),
+                  lambda c: isinstance(value, bool) and str(c).lower() in _YAML_BOOLS[value]):
+        found = [i for i, c in enumerate(classes) if match(c)]
+        if len(found) == 1:
+            return found[0]
+    return None
 
 
 # --------------------------------------------------------------------------- the full read
@@ -313,7 +343,7 @@ def prepare_data(config: DataConfig) -> PreparedData:
 def prepare_frames(config: DataConfig, train: pd.DataFrame, test: pd.DataFrame | None) -> PreparedData:
     """`prepare_data` on frames already read (the driver's data checks read them: no second read)."""
     task = config.task or infer_task(train[config.target])
-    y, classes = encode_target(train[config.target], task, config.target)
+    y, classes = encode_target(train[config.target], task, config.target, config.positive_class)
     features = feature_columns(list(train.columns), config)
     categories: dict[str, tuple[str, ...]] = {}
     X = np.empty((len(train), len(features)), dtype=np.float64, order="F")

@@ -81,3 +81,28 @@ def test_uri_sources_go_through_fsspec(mixed_csv) -> None:
     data = prepare_data(DataConfig(train=train.resolve().as_uri(), test=test.resolve().as_uri(), target="y", id="id"))
     summary = inspect_data(DataConfig(train=train.resolve().as_uri(), test=test.resolve().as_uri(), target="y", id="id"))
     assert len(data.y) == summary.n_rows == 8 and data.X_test.shape == (8, 2)
+
+
+def _yes_no(tmp_path: Path) -> Path:
+    path = tmp_path / "yn.csv"
+    pd.DataFrame({"x": np.arange(10.0), "label": ["yes", "no"] * 5}).to_csv(path, index=False)
+    return path
+
+
+def test_the_positive_class_is_the_last_sorted_label_unless_the_spec_names_one(tmp_path: Path) -> None:
+    path = _yes_no(tmp_path)
+    default = prepare_data(DataConfig(train=str(path), target="label"))
+    assert default.classes == ("no", "yes") and default.y.tolist() == [1, 0] * 5
+    for given in ("no", False):  # YAML reads an unquoted `no` as False
+        flipped = prepare_data(DataConfig(train=str(path), target="label", positive_class=given))
+        assert flipped.classes == ("yes", "no") and flipped.y.tolist() == [0, 1] * 5
+        summary = inspect_data(DataConfig(train=str(path), target="label", positive_class=given))
+        assert summary.classes == ("yes", "no") and summary.y.tolist() == [0, 1] * 5
+
+
+def test_a_positive_class_that_is_not_a_class_names_the_classes(tmp_path: Path) -> None:
+    path = _yes_no(tmp_path)
+    with pytest.raises(DataError, match=r"data.positive_class: 'maybe' is not a class of 'label' \(classes: 'no', 'yes'\)"):
+        inspect_data(DataConfig(train=str(path), target="label", positive_class="maybe"))
+    with pytest.raises(DataError, match="data.positive_class is for binary tasks"):
+        inspect_data(DataConfig(train="sklearn:iris", positive_class=1))
