@@ -24,7 +24,8 @@ class LeaderboardRow:
 
 
 def prediction_columns(name: str, pred: np.ndarray, data: PreparedData) -> dict[str, np.ndarray]:
-    """One column per model (binary P(class 1), regression value); one per class for multiclass."""
+    """One column per model (binary P(positive class), regression value); one per class for multiclass,
+    named `MODEL__CLASS`. Which class a binary column is the probability of is in `class_facts`."""
     if pred.ndim == 2:
         return {f"{name}__{c}": pred[:, i] for i, c in enumerate(data.classes)}
     return {name: pred}
@@ -50,16 +51,55 @@ def test_frame(data: PreparedData, preds: dict[str, np.ndarray]) -> pd.DataFrame
     return pd.DataFrame(cols)
 
 
-def submission_frame(data: PreparedData, pred: np.ndarray) -> pd.DataFrame:
-    """Kaggle shape: id + probability (binary), one column per class (multiclass), value (regression)."""
+def submission_frame(data: PreparedData, pred: np.ndarray, kind: str = "proba") -> pd.DataFrame:
+    """Kaggle shape: id + P(positive class) (binary), one column per class named after it
+    (multiclass), the value (regression); `kind="label"`: id + the predicted class (classification)."""
     n = len(pred)
     out = pd.DataFrame({data.id_column or "id": data.test_ids if data.test_ids is not None else np.arange(n)})
-    if pred.ndim == 2:
+    if kind == "label" and data.classes:
+        from foldwise.tasks.metrics import labels_of
+
+        out[data.target] = np.asarray(data.classes, dtype=object)[labels_of(pred, data.task)]
+    elif pred.ndim == 2:
         for i, c in enumerate(data.classes):
             out[str(c)] = pred[:, i]
     else:
         out[data.target] = pred
     return out
+
+
+def class_facts(data: PreparedData) -> dict[str, Any]:
+    """The class order every probability follows: `classes` (code order: multiclass columns, and
+    binary's 0 and 1) and, for binary, `positive_class`, the class its one probability is of."""
+    if not data.classes:
+        return {"classes": []}
+    facts: dict[str, Any] = {"classes": list(data.classes)}
+    if data.task == "binary":
+        facts["positive_class"] = data.classes[1]
+    return facts
+
+
+def submission_facts(data: PreparedData, kind: str) -> dict[str, Any]:
+    """What submission.csv's prediction column(s) hold, in words (summary.json `submission`)."""
+    if kind == "label" and data.classes:
+        return {"kind": "label", "columns": [data.target], "holds": f"the predicted class of {data.target!r}"}
+    if data.task == "multiclass":
+        return {"kind": "proba", "columns": [str(c) for c in data.classes], "holds": "P(the column's class), per class"}
+    if data.task == "binary":
+        return {"kind": "proba", "columns": [data.target], "holds": f"P({data.target} == {data.classes[1]!r})"}
+    return {"kind": "value", "columns": [data.target], "holds": f"the predicted {data.target!r}"}
+
+
+def write_predictions(frame: pd.DataFrame, path: Path, data: PreparedData) -> Path:
+    """`frame` as Parquet whose schema metadata names the class order (`foldwise.classes`,
+    `foldwise.positive_class`, JSON): a binary column holds P(positive class)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    extra = {f"foldwise.{k}".encode(): json.dumps(v, default=_plain).encode() for k, v in class_facts(data).items()}
+    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **extra}), path)
+    return path
 
 
 def leaderboard_markdown(rows: list[LeaderboardRow], metric: str) -> str:
