@@ -41,6 +41,7 @@ class FoldResult:
     training: TrainingLog | None = None  # per-epoch history + checkpoint, from adapters that train in epochs
     started: float = 0.0  # unix seconds when the fold task began / ended (a timeline of the run)
     ended: float = 0.0
+    best_iteration: int | None = None  # the boosting round early stopping kept (adapters with `best_iteration`)
 
 
 def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str, seed: int,
@@ -87,7 +88,7 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
         score=score(metric, data.task, data.y[valid_rows], oof),
         fit_seconds=fit_seconds, predict_seconds=predict_seconds, model_bytes=model_bytes, fitted=fitted,
         peak_memory_bytes=memory.peak_bytes, importance=importance() if importance else None,
-        training=training, started=started, ended=time.time(),
+        training=training, started=started, ended=time.time(), best_iteration=getattr(model, "best_iteration", None),
     )
 
 
