@@ -3,14 +3,24 @@
 Same URI resolution as every other command (--tracking-uri, $MLFLOW_TRACKING_URI,
 sqlite:///mlflow.db), so the UI shows exactly the runs `foldwise run` logged. Local only:
 the UI has no authentication, so it never listens beyond the loopback interface.
+
+The server runs in its own process group, and stopping `foldwise ui` (Ctrl-C, SIGTERM, SIGHUP, or
+any way out of `command`) stops that whole group: the server and every worker it started, so
+nothing keeps the port. MLflow's job runner (GenAI background jobs foldwise never uses) is off,
+as in `infra/mlflow_server.py`, unless MLFLOW_SERVER_ENABLE_JOB_EXECUTION says otherwise.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
+from typing import Any
 
 HOST = "127.0.0.1"
 
@@ -39,6 +49,71 @@ def port_free(port: int) -> bool:
     return True
 
 
+def server_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    return env
+
+
+class _Stop(Exception):
+    """A stop signal (SIGTERM/SIGHUP) turned into an exception, so `serve`'s cleanup runs."""
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to the server's whole process group, then SIGKILL to whatever is left after `grace` seconds."""
+    pgid = proc.pid  # start_new_session: the server leads its own group
+
+    def group_alive() -> bool:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not group_alive():
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def serve(cmd: list[str]) -> int:
+    """Run the server until it ends or we are told to stop; either way nothing of it is left running."""
+    def raise_stop(signum: int, frame: Any) -> None:
+        raise _Stop(signum)
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)} if main_thread else {}
+    for s in (signal.SIGTERM, signal.SIGHUP) if main_thread else ():
+        signal.signal(s, raise_stop)
+    proc: subprocess.Popen | None = None
+    try:
+        proc = subprocess.Popen(cmd, env=server_environment(), start_new_session=True)
+        return proc.wait()
+    except (KeyboardInterrupt, _Stop):  # Ctrl-C reaches only us: the server has its own session
+        return 0
+    finally:
+        for s in previous:  # a second Ctrl-C or SIGTERM during the cleanup must not cut it short
+            signal.signal(s, signal.SIG_IGN)
+        try:
+            if proc is not None:
+                stop_group(proc)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+
 def command(args: argparse.Namespace) -> int:
     from foldwise.workflows.cli.main import EXIT_OK, bad_input
     from foldwise.workflows.tracking import tracker as tk
@@ -55,7 +130,7 @@ def command(args: argparse.Namespace) -> int:
     if not port_free(args.port):
         return bad_input(f"--port: {HOST}:{args.port} is already in use; pick another with --port")
     print(f"MLflow UI for {uri} at http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
-    try:
-        return subprocess.call(server_command(uri, args.port, args.workers))
-    except KeyboardInterrupt:
+    code = serve(server_command(uri, args.port, args.workers))
+    if code in (0, -signal.SIGTERM):
         return EXIT_OK
+    return code if code > 0 else 1  # the server died of a signal we did not send
