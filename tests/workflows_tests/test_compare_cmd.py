@@ -107,3 +107,34 @@ def test_ui_command_binds_loopback_and_refuses_missing_store(tmp_path, capsys) -
     assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "5055"
     assert main(["ui", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_integer_target_from_csv_keeps_the_slice_grid(tmp_path, capsys) -> None:
+    """A CSV's integer target (326) against the OOF file's float (326.0): the same data, so slices are scored
+    (it used to say 'the training data no longer matches the run's OOF rows' with identical fingerprints)."""
+    import numpy as np
+    import pandas as pd
+
+    from foldwise.workflows.commands.run import run_cv
+    from foldwise.workflows.pipeline.spec import load_spec
+
+    rng = np.random.default_rng(0)
+    n = 200
+    carat = rng.uniform(0.2, 2.0, n)
+    table = pd.DataFrame({"carat": carat, "depth": rng.normal(61, 1, n),
+                          "price": (300 + 4000 * carat + rng.normal(0, 200, n)).round().astype(int)})
+    table.to_csv(tmp_path / "diamonds.csv", index=False)
+    spec = {"name": "compare-int-target", "data": {"train": str(tmp_path / "diamonds.csv"), "target": "price"},
+            "task": "regression", "metric": "neg_root_mean_squared_error", "cv": {"scheme": "kfold", "folds": 3, "seed": 1},
+            "models": [{"name": "ridge", "type": "sklearn", "estimator": "sklearn.linear_model.Ridge",
+                        "params": {"alpha": 1.0}}],
+            "slices": {"big": "carat > 1"}}
+    uri = f"sqlite:///{tmp_path / 'int.db'}"
+    ids = [run_cv(load_spec(spec, [f"models.0.params.alpha={alpha}"]), out=tmp_path / f"run-{alpha}", tracking_uri=uri,
+                  executor="local", no_cache=True).run_id for alpha in (1.0, 50.0)]
+    code, out, _ = _compare(capsys, *ids, "--tracking-uri", uri, "--out", str(tmp_path / "cmp"), "--no-log",
+                            "--bootstrap", "20")
+    assert code == 0
+    s = json.loads(Path(out.strip().splitlines()[-1]).read_text())
+    assert "big" in s["slices"] and "slice_grid" in s["outputs"]
+    assert "no longer matches" not in Path(s["outputs"]["writeup"]).read_text()
