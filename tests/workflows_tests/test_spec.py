@@ -77,3 +77,36 @@ def test_relative_data_paths_follow_the_spec_file(tmp_path: Path) -> None:
     spec = load_spec(path)
     assert spec.data.train == str(tmp_path / "data" / "train.csv")
     assert spec.data.test == str(tmp_path / "data" / "test.csv")
+
+
+@pytest.mark.parametrize(("alias", "scorer"), [("rmse", "neg_root_mean_squared_error"), ("mae", "neg_mean_absolute_error"),
+                                               ("auc", "roc_auc"), ("logloss", "neg_log_loss"), ("acc", "accuracy"),
+                                               ("mse", "neg_mean_squared_error"), ("r2", "r2")])
+def test_common_metric_aliases_become_sklearn_scorers_with_a_note(alias: str, scorer: str, capsys) -> None:
+    assert load_spec(minimal(metric=alias)).metric == scorer
+    err = capsys.readouterr().err
+    if alias == scorer:
+        assert err == ""
+    else:
+        assert err.count("\n") == 1 and f"metric {alias!r} is sklearn's scorer {scorer!r}" in err
+
+
+@pytest.mark.parametrize(("metric", "suggestion"), [("roc_aucc", "roc_auc"), ("acuracy", "accuracy"),
+                                                    ("neg_log_los", "neg_log_loss")])
+def test_a_misspelled_metric_gets_a_did_you_mean(metric: str, suggestion: str) -> None:
+    with pytest.raises(SpecError, match=f"unknown metric '{metric}'; did you mean {suggestion}"):
+        load_spec(minimal(metric=metric))
+
+
+def test_checks_ignore_refuses_unknown_codes_naming_the_valid_ones() -> None:
+    assert load_spec(minimal(checks={"ignore": ["id_tracks_target", "leak"]})).checks.ignore == ["id_tracks_target", "leak"]
+    with pytest.raises(SpecError, match=r"spec key 'checks.ignore': unknown warning code\(s\) id_track \(valid: .*id_tracks_target"):
+        load_spec(minimal(checks={"ignore": ["id_track"]}))
+
+
+def test_submission_kind_and_positive_class_are_spec_keys() -> None:
+    spec = load_spec(minimal(submission={"kind": "label"}), ["data.positive_class=no"])
+    assert spec.submission.kind == "label" and spec.data.positive_class is False  # YAML's `no`; matched to 'no' later
+    assert load_spec(minimal()).submission.kind == "proba"
+    with pytest.raises(SpecError, match="'submission.kind'"):
+        load_spec(minimal(submission={"kind": "labels"}))

@@ -6,6 +6,7 @@ very same graph as a child run.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,10 +17,13 @@ import numpy as np
 import pandas as pd
 
 from foldwise.infra import storage
+from foldwise.tasks.data import PreparedData
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.report import (
     LeaderboardRow,
+    class_facts,
     leaderboard_markdown,
+    submission_facts,
     write_json,
 )
 from foldwise.tasks.train import FoldResult
@@ -29,6 +33,7 @@ from foldwise.workflows.engine.idle import on_idle_thread
 from foldwise.workflows.errors import RunFailed, TaskFailed
 from foldwise.workflows.pipeline.dag import DagOutput, checked_data, gather, node_keys, submit_folds
 from foldwise.workflows.pipeline.failures import OpenRuns, describe_failure, marks_runs_failed
+from foldwise.workflows.pipeline.inputs import shown_warnings
 from foldwise.workflows.pipeline.outputs import slice_summary, write_run_files
 from foldwise.workflows.pipeline.plan import RunPlan
 from foldwise.workflows.pipeline.runs import MLFLOW_SETUP_WAIT_S, FoldLog, RunContext, open_runs, set_up_when
@@ -74,6 +79,7 @@ def cross_validate(plan: RunPlan, *, out: str | Path | None = None, address: str
     keys = node_keys(spec, inputs, models, plan.version)
     cache = Cache(cache_root, enabled=not no_cache)
     warnings, frames = checked_data(cache, spec, inputs, keys) if checks else ([], None)
+    warnings = shown_warnings(warnings, spec, inputs.scheme)
     for line in warnings:
         print(f"foldwise: warning: {line}", file=sys.stderr)
     phases = {"validate": time.perf_counter() - wall_start}
@@ -126,6 +132,9 @@ def _finish(ctx: RunContext, dag: DagOutput) -> CVResult:
             "model_bytes": [r.model_bytes for r in rs], tk.M_PEAK_MEMORY: [r.peak_memory_bytes for r in rs],
             "cached": dag.cached[m.name],
         }
+        best = {r.fold: int(r.best_iteration) for r in rs if r.best_iteration is not None}
+        if best:
+            model_summaries[m.name]["best_iteration"] = [best.get(r.fold) for r in rs]
         rows.append(LeaderboardRow(m.name, float(np.mean(scores)), tuple(scores), sum(r.fit_seconds for r in rs)))
         tracker.log(children[m.name],
                     params=tk.flatten({"model": _model_params(m)}) | {"metric": inputs.metric, "cv.scheme": plan.scheme,
@@ -133,7 +142,8 @@ def _finish(ctx: RunContext, dag: DagOutput) -> CVResult:
                     metrics={tk.M_CV_SCORE: float(np.mean(scores)), tk.M_MODEL_BYTES: float(np.mean([r.model_bytes for r in rs]))},
                     tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint},
                     steps={tk.M_FIT_SECONDS: [r.fit_seconds for r in rs], tk.M_PREDICT_SECONDS: [r.predict_seconds for r in rs],
-                           tk.M_PEAK_MEMORY: [float(r.peak_memory_bytes) for r in rs]})
+                           tk.M_PEAK_MEMORY: [float(r.peak_memory_bytes) for r in rs]}
+                    | ({tk.M_BEST_ITERATION: {k: float(v) for k, v in best.items()}} if best else {}))
         tracker.finish(children[m.name], ok=True)
     if len(models) > 1:
         rows.append(LeaderboardRow(f"ensemble ({ens.method})", ens.cv_score, tuple(ens.fold_scores), 0.0,
@@ -153,6 +163,8 @@ def _finish(ctx: RunContext, dag: DagOutput) -> CVResult:
         "data_fingerprint": data.fingerprint,
         "rows": {"train": int(len(data.y)), "test": int(len(data.X_test)) if data.X_test is not None else 0,
                  "features": len(data.columns)},
+        **class_facts(data),
+        "submission": submission_facts(data, spec.submission.kind) if outputs["submission"] else None,
         "models": model_summaries,
         "ensemble": {"method": ens.method, "weights": ens.weights, "cv_score": ens.cv_score,
                      "fold_scores": list(ens.fold_scores), "cached": dag.ensemble_cached},
@@ -170,12 +182,23 @@ def _finish(ctx: RunContext, dag: DagOutput) -> CVResult:
                                  "startup_seconds": ctx.startup_seconds} | slice_metrics
                 | {f"{tk.M_CV_SCORE}.{k}": v["cv_score"] for k, v in model_summaries.items()},
                 tags={tk.TAG_FOLDS_HASH: plan.hash, tk.TAG_DATA: data.fingerprint,
-                      tk.TAG_DATA_WARNINGS: str(len(warnings))},
+                      tk.TAG_DATA_WARNINGS: str(len(warnings))} | _class_tags(data),
                 steps={tk.M_FOLD_SCORE: ens.fold_scores})
     tracker.log_artifacts(parent, out_dir)
     storage.publish_folder(out_dir, target)
     return CVResult(summary=summary, oof=oof, out_dir=out_dir if not storage.is_uri(target) else target, leaderboard=leaderboard,
                     fold_results=tuple(r for rs in dag.folds.values() for r in rs))
+
+
+def _class_tags(data: PreparedData) -> dict[str, str]:
+    """The class order on the parent run, so a probability read back from MLflow says what it is of."""
+    facts = class_facts(data)
+    if not facts["classes"]:
+        return {}
+    tags = {tk.TAG_CLASSES: json.dumps(facts["classes"], default=str)}
+    if "positive_class" in facts:
+        tags[tk.TAG_POSITIVE_CLASS] = str(facts["positive_class"])
+    return tags
 
 
 def _model_params(m: ModelConfig) -> dict[str, Any]:

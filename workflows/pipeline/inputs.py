@@ -6,7 +6,7 @@ raises `InputError` with one line naming the key/column and what would be valid.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from foldwise.tasks.data import DataConfig, DataError, DataSummary, inspect_data
 from foldwise.tasks.folds import fold_problem
@@ -38,7 +38,8 @@ class Inputs:
 def data_config(spec: WorkflowSpec, task: str | None = None) -> DataConfig:
     return DataConfig(train=spec.data.train, test=spec.data.test, target=spec.data.target, id=spec.data.id,
                       groups=spec.data.groups, drop=tuple(spec.features.drop),
-                      categorical=tuple(spec.features.categorical), task=task or spec.task, image=spec.data.image)
+                      categorical=tuple(spec.features.categorical), task=task or spec.task, image=spec.data.image,
+                      positive_class=spec.data.positive_class)
 
 
 def validate_inputs(spec: WorkflowSpec) -> Inputs:
@@ -68,6 +69,8 @@ def validate_inputs(spec: WorkflowSpec) -> Inputs:
     problem = _slice_problem(spec.slices, config)
     if problem:
         raise InputError(problem)
+    if spec.submission.kind == "label" and task == "regression":
+        raise InputError("submission.kind: label is for classification tasks (this task is regression); use proba")
     return Inputs(task=task, metric=metric, scheme=scheme, data=config, summary=summary)
 
 
@@ -149,8 +152,15 @@ def data_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = No
     """Read train and the other side (the spec's test, or `reference`) in full; check both.
 
     With `reference` the comparison is new training data (data.train) vs an old version;
-    the spec's test set is then not read. Raises InputError when a file cannot be read.
+    the spec's test set is then not read. Warnings whose code the spec's `checks.ignore`
+    names are left out. Raises InputError when a file cannot be read.
     """
+    findings = _all_findings(spec, inputs, reference)
+    ignore = set(spec.checks.ignore)
+    return replace(findings, warnings=tuple(f for f in findings.warnings if f.code not in ignore))
+
+
+def _all_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = None) -> DataFindings:
     from foldwise.tasks.checks import Side, frame_errors, frame_warnings
     from foldwise.tasks.data import read_table
 
@@ -173,20 +183,27 @@ def data_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = No
 
 
 def data_warnings(spec: WorkflowSpec, inputs: Inputs) -> tuple[list[str], DataFindings]:
-    """The cheap data checks for `foldwise run`: warning lines to print and log, and the
-    findings, whose frames the run prepares its arrays from (so the files are read once).
+    """The cheap data checks for `foldwise run`: every warning line (each ends with its code,
+    `[leak]`), and the findings, whose frames the run prepares its arrays from (so the files are
+    read once). The lines are cached with the data, so which of them a run shows (`shown_warnings`)
+    is decided after the cache, from the spec's `checks.ignore` and the scheme.
 
     Call after `validate_inputs` and before any task starts. Raises InputError (exit 2)
     for the errors only a full read finds (e.g. a constant regression target, duplicate
     test ids, a column that is numeric in train but text in test past the first rows).
-    No adversarial model, no drift statistics: `foldwise check` adds those. The row order
-    matters to the run only under the time scheme (every other scheme shuffles), so that
-    warning is kept for `time` alone.
+    No adversarial model, no drift statistics: `foldwise check` adds those.
     """
-    findings = data_findings(spec, inputs)
+    findings = _all_findings(spec, inputs)
     if findings.errors:
         raise InputError(findings.first_error_line())
-    return [f.message for f in findings.warnings if f.code != "row_order_tracks_target" or inputs.scheme == "time"], findings
+    return [f.line for f in findings.warnings], findings
 
 
-__all__ += ["DataFindings", "data_findings", "data_warnings"]
+def shown_warnings(lines: list[str], spec: WorkflowSpec, scheme: str) -> list[str]:
+    """The warning lines a run prints and records: not those whose code `checks.ignore` names, and
+    the row-order warning only under the time scheme (every other scheme shuffles the rows)."""
+    hidden = set(spec.checks.ignore) | ({"row_order_tracks_target"} if scheme != "time" else set())
+    return [line for line in lines if not any(line.endswith(f" [{code}]") for code in hidden)]
+
+
+__all__ += ["DataFindings", "data_findings", "data_warnings", "shown_warnings"]

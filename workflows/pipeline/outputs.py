@@ -16,6 +16,7 @@ from foldwise.tasks.report import (
     oof_frame,
     submission_frame,
     test_frame,
+    write_predictions,
 )
 from foldwise.tasks.slices import feature_frame, slice_scores
 from foldwise.tasks.train import FoldResult
@@ -54,14 +55,14 @@ def write_run_files(out_dir: Path, spec: WorkflowSpec, dag: DagOutput, leaderboa
     outputs: dict[str, Path | None] = {"oof": out_dir / "oof.parquet", "test_predictions": None,
                                        "submission": None, "leaderboard": out_dir / "leaderboard.md",
                                        "feature_importance": None}
-    oof.to_parquet(outputs["oof"], index=False)
+    write_predictions(oof, outputs["oof"], data)
     outputs["leaderboard"].write_text(f"# {spec.name}: cross-validation leaderboard\n\n{leaderboard}")
     if data.X_test is not None and ens.test is not None:
         test_preds = {n: average_test(rs) for n, rs in dag.folds.items()} | {"ensemble": ens.test}
         outputs["test_predictions"] = out_dir / "test_predictions.parquet"
         outputs["submission"] = out_dir / "submission.csv"
-        test_frame(data, test_preds).to_parquet(outputs["test_predictions"], index=False)
-        submission_frame(data, ens.test).to_csv(outputs["submission"], index=False)
+        write_predictions(test_frame(data, test_preds), outputs["test_predictions"], data)
+        submission_frame(data, ens.test, spec.submission.kind).to_csv(outputs["submission"], index=False)
     (out_dir / "spec.yaml").write_text(to_yaml(spec))
     importances = {n: imp for n, rs in dag.folds.items() if (imp := mean_importance(rs))}
     if importances:

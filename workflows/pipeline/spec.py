@@ -9,6 +9,7 @@ CLI can exit 2 before anything starts. Checks that need the data live in `check.
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -36,6 +37,7 @@ class DataSpec(_Frozen):
     id: str | None = None
     groups: str | None = None
     image: str | None = None  # column of image paths, relative to the data file (image models)
+    positive_class: str | bool | int | float | None = None  # binary: the label coded 1 (checked against the data)
 
 
 class CVSpec(_Frozen):
@@ -198,6 +200,24 @@ class SearchSpec(_Frozen):
         return v
 
 
+class ChecksSpec(_Frozen):
+    ignore: list[str] = Field(default_factory=list)  # warning codes not to print, record or log
+
+    @field_validator("ignore")
+    @classmethod
+    def _known_codes(cls, v: list[str]) -> list[str]:
+        from foldwise.tasks.checks import WARNING_CODES
+
+        unknown = [c for c in v if c not in WARNING_CODES]
+        if unknown:
+            raise ValueError(f"unknown warning code(s) {', '.join(map(str, unknown))} (valid: {', '.join(WARNING_CODES)})")
+        return v
+
+
+class SubmissionSpec(_Frozen):
+    kind: Literal["proba", "label"] = "proba"  # label: the predicted class names (classification)
+
+
 class TrackingSpec(_Frozen):
     uri: str | None = None
     experiment: str | None = None
@@ -214,15 +234,24 @@ class WorkflowSpec(_Frozen):
     ensemble: EnsembleSpec = EnsembleSpec()
     search: SearchSpec | None = None
     slices: dict[str, str] = Field(default_factory=dict)
+    checks: ChecksSpec = ChecksSpec()
+    submission: SubmissionSpec = SubmissionSpec()
     tracking: TrackingSpec = TrackingSpec()
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _metric_alias(cls, v: Any) -> Any:
+        from foldwise.tasks.metrics import METRIC_ALIASES
+
+        return METRIC_ALIASES.get(v, v) if isinstance(v, str) else v
 
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str | None) -> str | None:
-        from foldwise.tasks.metrics import METRIC_NAMES
+        from foldwise.tasks.metrics import METRIC_NAMES, metric_suggestions
 
         if v is not None and v not in METRIC_NAMES:
-            close = [m for m in METRIC_NAMES if v.replace("neg_", "") in m][:5]
+            close = metric_suggestions(v) or [m for m in METRIC_NAMES if v.replace("neg_", "") in m][:5]
             hint = f"; did you mean {', '.join(close)}?" if close else "; see sklearn.metrics.get_scorer_names()"
             raise ValueError(f"unknown metric {v!r}{hint}")
         return v
@@ -279,6 +308,9 @@ def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | tuple[
         spec = WorkflowSpec.model_validate(raw)
     except ValidationError as e:
         raise SpecError(_one_line(e)) from None
+    if isinstance(raw.get("metric"), str) and raw["metric"] != spec.metric:
+        negated = " (negated, so greater is better)" if spec.metric.startswith("neg_") else ""
+        print(f"foldwise: note: metric {raw['metric']!r} is sklearn's scorer {spec.metric!r}{negated}", file=sys.stderr)
     return _resolve_paths(spec, base) if base is not None else spec
 
 

@@ -30,6 +30,8 @@ TAG_HOST = "foldwise.host"
 TAG_PID = "foldwise.pid"
 TAG_DATA_WARNINGS = "foldwise.data_warnings"  # how many; the lines are in summary.json
 TAG_FOLD = "foldwise.fold"  # on a fold's nested run (models that train in epochs)
+TAG_CLASSES = "foldwise.classes"  # the class order of every probability, as JSON (classification)
+TAG_POSITIVE_CLASS = "foldwise.positive_class"  # binary: the class a single probability is of
 # metrics
 M_FOLD_SCORE = "fold_score"
 M_CV_SCORE = "cv_score"
@@ -37,6 +39,7 @@ M_FIT_SECONDS = "fit_seconds"
 M_PREDICT_SECONDS = "predict_seconds"
 M_MODEL_BYTES = "model_bytes"
 M_PEAK_MEMORY = "peak_memory_bytes"  # per fold, when a run records it
+M_BEST_ITERATION = "best_iteration"  # per fold (step = fold), for models that stop early (LightGBM)
 M_WALL_SECONDS = "wall_seconds"
 M_SLICE = "slice"  # slice.<name>.<model>: a spec slice's OOF score, on the run parent
 # sweeps: one child run per trial (the trial's number, Ray Tune's id, how it ended, which attempt)
@@ -72,15 +75,27 @@ def resolve_uri(explicit: str | None = None, spec_uri: str | None = None) -> str
     return explicit or spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
 
 
+# Loggers that speak at INFO when a store is opened (the first run against a new sqlite file:
+# "Creating initial MLflow database tables...", alembic's "Context impl SQLiteImpl", its migrations).
+_STORE_LOGGERS = ("alembic", "mlflow.store.db.utils", "mlflow.store.sqlalchemy_store",
+                  "mlflow.store.tracking.sqlalchemy_store")
+
+
+def quiet_store_logs() -> None:
+    """Only warnings and errors from opening a tracking store reach the user."""
+    import logging
+
+    for name in _STORE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 class Tracker:
     """A thin, batched writer over MlflowClient for one experiment."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        import logging
-
         from mlflow.tracking import MlflowClient
 
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        quiet_store_logs()
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
@@ -282,11 +297,9 @@ class RunReader:
     """Find runs by id or name, read metric histories and artifacts, write a run's description."""
 
     def __init__(self, uri: str) -> None:
-        import logging
-
         from mlflow.tracking import MlflowClient
 
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        quiet_store_logs()
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars for 3 small files
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
