@@ -85,8 +85,10 @@ def predictions_of(oof: pd.DataFrame, name: str) -> np.ndarray | None:
 
 
 def pair_rows(oof_a: pd.DataFrame, oof_b: pd.DataFrame, pred_a: str, pred_b: str, target: str, task: str,
-              frame: pd.DataFrame | None, frame_note: str = "", id_column: str | None = None) -> tuple[PairedRows | None, str]:
-    """Pair two OOF frames row by row, or say why they cannot be paired (different rows/targets)."""
+              frame: pd.DataFrame | None, frame_note: str = "", id_column: str | None = None,
+              positive_class: object = None) -> tuple[PairedRows | None, str]:
+    """Pair two OOF frames row by row, or say why they cannot be paired (different rows/targets).
+    `positive_class`: the runs' data.positive_class (binary), the label their probabilities are of."""
     from foldwise.tasks.data import DataError, encode_target
 
     if len(oof_a) != len(oof_b) or not np.array_equal(oof_a["row"].to_numpy(), oof_b["row"].to_numpy()):
@@ -102,7 +104,7 @@ def pair_rows(oof_a: pd.DataFrame, oof_b: pd.DataFrame, pred_a: str, pred_b: str
     if a.shape != b.shape:
         return None, f"prediction shapes differ ({a.shape} vs {b.shape}); row-level comparisons skipped"
     try:
-        y, _ = encode_target(oof_a[target], task, target)
+        y, _ = encode_target(oof_a[target], task, target, positive_class)
     except DataError as e:
         return None, f"cannot encode the target: {e}"
     if frame is not None:

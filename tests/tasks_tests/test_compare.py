@@ -182,6 +182,16 @@ def test_pair_rows_compares_text_labels_exactly() -> None:
     assert rows is not None and rows.frame is None and "no longer matches" in rows.frame_note
 
 
+def test_pair_rows_codes_the_runs_positive_class_as_1() -> None:
+    """A run with data.positive_class 'no' holds P(no): the paired target must code 'no' as 1 too."""
+    oof = pd.DataFrame({"row": np.arange(4), "fold": [0, 1, 0, 1], "label": ["yes", "no", "yes", "no"],
+                        "ensemble": [0.1, 0.9, 0.2, 0.8]})
+    default, _ = pair_rows(oof, oof, "ensemble", "ensemble", "label", "binary", None)
+    flipped, _ = pair_rows(oof, oof, "ensemble", "ensemble", "label", "binary", None, positive_class="no")
+    assert default is not None and default.y.tolist() == [1, 0, 1, 0]
+    assert flipped is not None and flipped.y.tolist() == [0, 1, 0, 1]
+
+
 def test_efficiency_text_does_not_say_peak_memory_is_unmeasured_when_runs_record_it() -> None:
     frame, y, a, b = _data()
     A = _facts("A", "h1", (0.8,) * 5, peak_memory_bytes=120e6)

@@ -229,6 +229,10 @@ def paired_rows(a: LoadedRun, b: LoadedRun) -> tuple[PairedRows | None, str]:
         return None, "a run has no oof.parquet artifact; row-level comparisons skipped"
     data = b.spec.get("data") or {}
     target = data.get("target", "target")
+    positive = data.get("positive_class")
+    if (a.spec.get("data") or {}).get("positive_class") != positive:
+        return None, ("the runs' probabilities are of different classes (data.positive_class differs); "
+                      "row-level comparisons skipped")
     frame, note = None, ""
     try:
         from foldwise.tasks.data import read_table
@@ -237,7 +241,7 @@ def paired_rows(a: LoadedRun, b: LoadedRun) -> tuple[PairedRows | None, str]:
     except Exception as e:  # noqa: BLE001 - moved file, no credentials...: slices are skipped, said why
         note = f"cannot re-read the training data {data.get('train')!r} ({type(e).__name__}: {e}); slices skipped"
     return pair_rows(a.oof, b.oof, a.facts.prediction, b.facts.prediction, target, b.facts.task, frame, note,
-                     id_column=data.get("id"))
+                     id_column=data.get("id"), positive_class=positive)
 
 
 def _read_json(reader: tk.RunReader, run_id: str, name: str, tmp: Path) -> dict[str, Any]:
