@@ -64,7 +64,7 @@ CASES = {
                                 "models.0.params (mlp): torch_mlp has no parameter(s) epoch"),
     "unknown lightgbm param": (dict(), ["models.0.type=lightgbm", "models.0.params.num_leafs=3"],
                                "lightgbm has no parameter 'num_leafs'"),
-    "unknown metric": (dict(), ["metric=auc"], "unknown metric 'auc'"),
+    "unknown metric": (dict(), ["metric=aucc"], "unknown metric 'aucc'"),
     "metric unfit for task": (dict(), ["metric=r2"], "metric 'r2' is for regression, but the task is binary"),
     "duplicate model names": (dict(models=[{"name": "lr", "type": "lightgbm"}, {"name": "lr", "type": "lightgbm"}]), [],
                               "duplicate model name(s) lr"),
