@@ -37,7 +37,9 @@ MISSING_NEW = 0.01  # ... or never missing on one side, at least this share miss
 
 # The codes of the warnings below: a spec silences them by name (`checks: {ignore: [CODE, ...]}`).
 WARNING_CODES: tuple[str, ...] = ("constant", "near_constant", "duplicated_column", "high_cardinality", "unseen_levels",
-                                  "missing_rate", "shared_ids", "leak", "row_order_tracks_target", "id_tracks_target")
+                                  "missing_rate", "shared_ids", "leak", "row_order_tracks_target", "id_tracks_target",
+                                  # `foldwise check`'s own, from its adversarial model and drift statistics
+                                  "adversarial", "drift", "target_drift")
 
 
 @dataclass(frozen=True)

@@ -292,3 +292,19 @@ def test_foldwise_run_stops_on_an_error_only_a_full_read_finds(data: Path, tmp_p
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "column 'b' is numeric (float64) in train but text/categorical" in err
     assert not db.exists() and not out.exists()
+
+
+def test_checks_ignore_silences_the_drift_warnings_and_each_printed_warning_names_its_code(
+        ray_cluster, data: Path, store: Path, tmp_path: Path, capsys) -> None:
+    """`checks.ignore` silences `foldwise check`'s own drift/adversarial warnings too (the statistics
+    stay in summary.json), and every printed warning ends with the code that silences it."""
+    spec = spec_file(data, "shift", test="test_shift.csv")
+    args = ["check", str(spec), "--tracking-uri", f"sqlite:///{store}", "--executor", "local"]
+    assert main([*args, "--out", str(tmp_path / "loud")]) == 0
+    loud = json.loads((tmp_path / "loud" / "summary.json").read_text())
+    printed = capsys.readouterr().out
+    assert any(w["code"] == "drift" for w in loud["warning_details"]) and "[drift]" in printed
+    assert main([*args, "--out", str(tmp_path / "quiet"), "--set", "checks.ignore=[drift, adversarial]"]) == 0
+    quiet = json.loads((tmp_path / "quiet" / "summary.json").read_text())
+    assert not any(w["code"] in ("drift", "adversarial") for w in quiet["warning_details"])
+    assert quiet["drift"][0]["feature"] == "d" and quiet["adversarial_auc"] > 0.7  # measured, only not warned

@@ -46,8 +46,8 @@ def print_result(summary: dict[str, Any]) -> None:
     from foldwise.workflows.commands.check import VERDICT_TEXT
 
     console = Console(soft_wrap=True)
-    for line in summary["warnings"]:
-        console.print(f"[yellow]warning[/yellow]: {escape(line)}")
+    for w in summary["warning_details"]:
+        console.print(f"[yellow]warning[/yellow]: {escape(w['message'])} [dim]\\[{w['code']}][/dim]")
     if summary["adversarial_auc"] is None:
         console.print(f"no drift check: {escape(summary['compared']['note'])}")
     else:

@@ -200,6 +200,7 @@ def _finish(ctx: CheckContext, adversarial: AdversarialResult | None, drift: tup
         warnings.append(Finding("warning", "target_drift", spec.data.target, (
             f"the target {spec.data.target!r} shifted between the reference and the new data: PSI {target.psi:.3f} "
             f"({_p_text(target)})")))
+    warnings = [w for w in warnings if w.code not in set(spec.checks.ignore)]  # the data checks' are filtered already
     outputs = {"report": out_dir / "check.md", "plot": out_dir / "drift.png" if drift else None,
                "drift_table": out_dir / "drift.csv" if drift else None}
     summary: dict[str, Any] = {
