@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,15 +37,6 @@ def server_command(uri: str, port: int, workers: int = 1, artifacts_destination:
     if artifacts_destination:
         cmd += ["--artifacts-destination", artifacts_destination]
     return cmd
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind((HOST, port))
-        except OSError:
-            return False
-    return True
 
 
 def server_environment() -> dict[str, str]:
@@ -127,6 +117,8 @@ def command(args: argparse.Namespace) -> int:
         return bad_input(f"{problem}; run `foldwise run SPEC` first or pass --tracking-uri")
     if not 0 < args.port < 65536:
         return bad_input(f"--port: {args.port} is not a TCP port (1-65535)")
+    from foldwise.infra.cluster import port_free  # the desktop cluster's check: free on 127.0.0.1 and all interfaces
+
     if not port_free(args.port):
         return bad_input(f"--port: {HOST}:{args.port} is already in use; pick another with --port")
     print(f"MLflow UI for {uri} at http://{HOST}:{args.port} (Ctrl-C to stop)", flush=True)
