@@ -3,8 +3,8 @@
 `up` starts, each in its own session so they outlive the command: the MLflow tracking
 server from `infra.mlflow_server` (data in DIR/mlflow) and a Ray head (`ray start --head
 --block`, dashboard and Jobs API on 127.0.0.1, Ray's token authentication on). Jobs on it
-inherit MLFLOW_TRACKING_URI (that server), FOLDWISE_CACHE (DIR/cache) and FOLDWISE_OUTPUTS
-(DIR/outputs), so `foldwise submit` needs no extra flags. What was started is recorded in
+inherit MLFLOW_TRACKING_URI (that server), FOLDWISE_CACHE (DIR/cache), FOLDWISE_OUTPUTS
+(DIR/outputs) and FOLDWISE_CACHE_KEY_FILE (the key cache entries are signed with), so `foldwise submit` needs no extra flags. What was started is recorded in
 DIR/cluster.json (`infra.cluster_state`), and `down` stops exactly those process trees, never
 other Ray clusters on the machine (it does not use `ray stop`, which kills every Ray of the
 user); runs, artifacts, cache and outputs stay in DIR.
@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from foldwise.infra import secrets
 from foldwise.infra.cluster_state import DEFAULT_DIR, HOST, STATE_FILE, ClusterState, Service
 from foldwise.infra.ray_token import RayTokenError, auth_headers, ensure_ray_token
 
@@ -196,6 +197,8 @@ def job_environment(directory: Path, config: ClusterConfig, mlflow: ServerConfig
     env = {"MLFLOW_TRACKING_URI": mlflow.url,
            "FOLDWISE_CACHE": config.cache or str(directory / "cache"),
            "FOLDWISE_OUTPUTS": config.outputs or str(directory / "outputs")}
+    if not os.environ.get(secrets.CACHE_KEY_ENV):  # else jobs inherit $FOLDWISE_CACHE_KEY itself
+        env[secrets.CACHE_KEY_FILE_ENV] = str(secrets.ensure_cache_key_file())  # jobs sign and check with our key
     if config.mlflow_basic_auth:
         env["MLFLOW_TRACKING_USERNAME"] = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME", "admin")
         env["MLFLOW_TRACKING_PASSWORD"] = (directory / "mlflow" / ADMIN_PASSWORD_FILE).read_text().strip()

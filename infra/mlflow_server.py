@@ -31,6 +31,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from foldwise.infra.secrets import private_umask, write_private
+
 LOCALHOST = "127.0.0.1"
 BACKEND_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+pg8000")
 ARTIFACT_SCHEMES = ("s3", "gs", "file")  # or a plain path
@@ -126,10 +128,9 @@ def auth_files(config: ServerConfig) -> tuple[Path, Path]:
     ini, password_file = config.data_dir / "basic_auth.ini", config.data_dir / ADMIN_PASSWORD_FILE
     if not password_file.exists():
         if os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-            password_file.touch(mode=0o600)
-            password_file.write_text(os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"])
+            write_private(password_file, os.environ["MLFLOW_AUTH_ADMIN_PASSWORD"].encode())
         _secret(password_file)
-    ini.write_text("\n".join([
+    write_private(ini, "\n".join([
         "[mlflow]",
         "default_permission = READ",
         f"database_uri = sqlite:///{(config.data_dir / 'basic_auth.db').resolve()}",
@@ -137,8 +138,7 @@ def auth_files(config: ServerConfig) -> tuple[Path, Path]:
         f"admin_password = {password_file.read_text().strip()}",
         "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
         "",
-    ]))
-    ini.chmod(0o600)
+    ]).encode(), replace=True)  # 0600 from its first byte (it holds the admin password)
     return ini, password_file
 
 
@@ -167,8 +167,7 @@ def environment(config: ServerConfig) -> dict[str, str]:
 def _secret(path: Path) -> str:
     """A random secret kept in `path` (0600), so restarts keep sessions and CSRF tokens valid."""
     if not path.exists():
-        path.touch(mode=0o600)
-        path.write_text(secrets.token_urlsafe(32))
+        write_private(path, secrets.token_urlsafe(32).encode())
     return path.read_text().strip()
 
 
@@ -180,8 +179,11 @@ def start(config: ServerConfig, log_file: Path) -> subprocess.Popen:
         Path(config.artifacts).mkdir(parents=True, exist_ok=True)
     log = open(log_file, "ab")  # noqa: SIM115 - handed to the child
     try:
-        return subprocess.Popen(command(config), env=environment(config), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, cwd=config.data_dir, start_new_session=True)
+        # The server inherits a umask of 077: basic_auth.db (users and password hashes), the store and
+        # its artifacts are created private to this user, not readable by the machine's other users.
+        with private_umask():
+            return subprocess.Popen(command(config), env=environment(config), stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, cwd=config.data_dir, start_new_session=True)
     finally:
         log.close()
 
@@ -233,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.detach:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         os.chdir(config.data_dir)
-        os.execve(sys.executable, command(config), environment(config))
+        env = environment(config)
+        os.umask(0o077)  # as `start`: the auth database and the store private to this user
+        os.execve(sys.executable, command(config), env)
     log_file = Path(args.log_file).expanduser() if args.log_file else config.data_dir / "mlflow-server.log"
     proc = start(config, log_file)
     try:

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import Any
 
+from foldwise.infra.secrets import private_umask
+
 DOCS = "https://docs.ray.io/en/latest/ray-security/token-auth.html"
 
 
@@ -65,8 +67,9 @@ def ensure_ray_token() -> str:
     loader = _loader()
     if _has_token(loader):
         return f"Ray token authentication: on (token from {token_source()})"
-    done = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    with private_umask():  # Ray writes the token with open(): 0600 from its first byte only under umask 077
+        done = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "get-auth-token", "--generate"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     if done.returncode != 0:
         raise RayTokenError(f"`ray get-auth-token --generate` failed (exit {done.returncode}): "
                             f"{done.stderr.strip()[-500:]}")

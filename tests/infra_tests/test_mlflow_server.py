@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 
@@ -68,6 +69,8 @@ def test_basic_auth_server_on_localhost(tmp_path):
                      if c.status == "LISTEN" and c.laddr.port == port}
         assert listening == {"127.0.0.1"}
         assert (data / "basic_auth.db").exists() and (data / "mlflow.db").exists()
+        for secret in ("basic_auth.db", "basic_auth.ini", "mlflow-admin-password", "flask-secret-key", "mlflow.db"):
+            assert stat.S_IMODE((data / secret).stat().st_mode) == 0o600, f"{secret} is private to its owner"
     finally:
         os.killpg(pid, signal.SIGTERM)
         import psutil

@@ -2,15 +2,18 @@
 
 A node's key hashes what its result depends on: its inputs' keys or fingerprints, its
 own config, and the code version (a hash of the `tasks` package and of any user adapter
-module). Entries are written atomically (temp file + rename) and carry a checksum, so a
-crash mid-write or a truncated file reads as a miss and is recomputed, never as a
-result. The root is a local folder (default `.foldwise/cache`) or an fsspec URI
-(s3://, gs://, ...) so cluster nodes can share it.
+module). Entries are written atomically (temp file + rename) and carry an HMAC-SHA256 of their
+name and payload under a secret key (`cache_key`), checked before anything is unpickled: a
+truncated, altered, moved or forged entry reads as a miss and is recomputed, never loaded (a
+pickle runs code, so an unkeyed checksum would let anyone who can write the cache run code on
+every machine that reads it). The root is a local folder (default `.foldwise/cache`) or an fsspec
+URI (s3://, gs://, ...) so cluster nodes can share it; they share the key too.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import pickle
@@ -21,9 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from foldwise.infra import secrets
+from foldwise.workflows.errors import InputError
+
 DEFAULT_ROOT = ".foldwise/cache"
-_MAGIC = b"FWC1"
-_HEADER = len(_MAGIC) + 32 + 8  # magic, sha256 of payload, payload length
+_MAGIC = b"FWC2"  # FWC1 entries (unkeyed SHA-256) are never loaded: they read as a miss
+_HEADER = len(_MAGIC) + 32 + 8  # magic, HMAC-SHA256 of name + payload, payload length
+
+
+def cache_key() -> bytes:
+    """The secret entries are signed with ($FOLDWISE_CACHE_KEY, else ~/.config/foldwise/cache.key, created
+    0600 on first use); InputError (exit 2, before anything runs) for a key too short or readable by others."""
+    try:
+        return secrets.cache_key()
+    except secrets.SecretError as e:
+        raise InputError(str(e)) from None
 
 
 def resolve_root(explicit: str | None = None) -> str:
@@ -48,10 +63,11 @@ class Entry:
 class Cache:
     """get/put of pickled results under <root>/<kind>/<key>.pkl; `enabled=False` makes every get miss."""
 
-    def __init__(self, root: str | None = None, enabled: bool = True) -> None:
+    def __init__(self, root: str | None = None, enabled: bool = True, key: bytes | None = None) -> None:
         self.root = resolve_root(root)
         self.enabled = enabled
-        self.corrupt: list[str] = []  # entries found damaged and dropped this session
+        self._key = key  # loaded on first get/put: `cache ls` and `prune` need no key
+        self.corrupt: list[str] = []  # entries found damaged, altered or forged and dropped this session
         self._read_seconds = self._write_seconds = 0.0
         if "://" in self.root:
             import fsspec
@@ -59,6 +75,12 @@ class Cache:
             self.fs, self.base = fsspec.core.url_to_fs(self.root)
         else:
             self.fs, self.base = None, str(Path(self.root).resolve())
+
+    @property
+    def key(self) -> bytes:
+        if self._key is None:
+            self._key = cache_key()
+        return self._key
 
     def _path(self, kind: str, key: str) -> str:
         return f"{self.base}/{kind}/{key}.pkl"
@@ -72,20 +94,27 @@ class Cache:
         finally:
             self._read_seconds += time.perf_counter() - tick
 
+    def has(self, kind: str, key: str) -> bool:
+        """Whether an entry is there, without reading it (a damaged one still reads as a miss in `get`)."""
+        if not self.enabled:
+            return False
+        path = self._path(kind, key)
+        return bool(self.fs.exists(path)) if self.fs is not None else os.path.exists(path)
+
     def _get(self, kind: str, key: str) -> Any | None:
         path = self._path(kind, key)
         try:
             blob = self._read(path)
         except FileNotFoundError:
             return None
-        payload = _verify(blob)
+        payload = _verify(blob, self.key, kind, key)
         if payload is None:
             self.corrupt.append(f"{kind}/{key}")
-            print(f"foldwise: cache entry {kind}/{key} is damaged (truncated or altered); recomputing it",
-                  file=sys.stderr)
+            print(f"foldwise: cache entry {kind}/{key} fails its integrity check (truncated, altered, or signed "
+                  "with another cache key); not loaded, recomputing it", file=sys.stderr)
             self._remove(path)
             return None
-        return pickle.loads(payload)
+        return pickle.loads(payload)  # only after the HMAC matched: written by a holder of the key
 
     def put(self, kind: str, key: str, value: Any) -> None:
         tick = time.perf_counter()
@@ -100,14 +129,14 @@ class Cache:
 
     def _put(self, kind: str, key: str, value: Any) -> None:
         payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        blob = _MAGIC + hashlib.sha256(payload).digest() + len(payload).to_bytes(8, "little") + payload
+        blob = _MAGIC + _mac(self.key, kind, key, payload) + len(payload).to_bytes(8, "little") + payload
         path = self._path(kind, key)
         if self.fs is not None:
             self.fs.makedirs(os.path.dirname(path), exist_ok=True)
             self.fs.pipe_file(path, blob)  # object stores write whole objects or nothing
             return
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        tmp = f"{path}.{uuid.uuid4().hex}.{os.getpid()}-{_HOST}.tmp"  # names its writer: `prune` drops it once that is gone
         with open(tmp, "wb") as f:
             f.write(blob)
             f.flush()
@@ -134,13 +163,15 @@ class Cache:
     def prune(self, older_than_seconds: float | None = None, dry_run: bool = False) -> list[Entry]:
         """Remove entries older than the given age (all entries when None).
 
-        Also removes temp files a writer killed mid-write left behind (kind `partial`), once
-        they are an hour old, so a live writer's file is never pulled from under it.
+        Also removes temp files a writer killed mid-write left behind (kind `partial`): at once
+        when their writer (named in the file name) was a process of this machine that has ended,
+        else once they are an hour old, so a live writer's file is never pulled from under it.
         """
         now = time.time()
         cutoff = now - older_than_seconds if older_than_seconds is not None else float("inf")
         removed = [e for e in self.entries() if e.modified < cutoff]
-        removed += [e for e in self.partial_writes() if e.modified < min(cutoff, now - 3600)]
+        removed += [e for e in self.partial_writes()
+                    if _writer_gone(e) or e.modified < min(cutoff, now - 3600)]
         if not dry_run:
             for e in removed:
                 self._remove(self._path(e.kind, e.key) if e.kind != "partial" else f"{self.base}/{e.key}")
@@ -177,12 +208,47 @@ class Cache:
             pass
 
 
-def _verify(blob: bytes) -> bytes | None:
+def _host_tag() -> str:
+    import socket
+
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+_HOST = _host_tag()
+
+
+def _writer_gone(entry: Entry) -> bool:
+    """A temp file whose writer was a process of this machine that is no longer running (or whose pid now
+    belongs to a process started after the file was written). Files of other machines: unknown, False."""
+    parts = entry.key.rsplit(".", 2)
+    if len(parts) != 3 or parts[2] != "tmp" or "-" not in parts[1]:
+        return False
+    pid_text, _, host = parts[1].partition("-")
+    if host != _HOST or not pid_text.isdigit():
+        return False
+    import psutil
+
+    try:
+        return psutil.Process(int(pid_text)).create_time() > entry.modified + 1.0
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+def _mac(secret: bytes, kind: str, key: str, payload: bytes) -> bytes:
+    """HMAC-SHA256 over the entry's name and payload: an entry copied under another name fails too."""
+    mac = hmac.new(secret, f"{kind}/{key}\0".encode(), hashlib.sha256)
+    mac.update(payload)
+    return mac.digest()
+
+
+def _verify(blob: bytes, secret: bytes, kind: str, key: str) -> bytes | None:
     if len(blob) < _HEADER or not blob.startswith(_MAGIC):
         return None
     digest, length = blob[4:36], int.from_bytes(blob[36:44], "little")
     payload = blob[_HEADER:]
-    if len(payload) != length or hashlib.sha256(payload).digest() != digest:
+    if len(payload) != length or not hmac.compare_digest(_mac(secret, kind, key, payload), digest):
         return None
     return payload
 

@@ -35,6 +35,20 @@ class OpenRuns:
 
 
 @contextmanager
+def closes_on_failure(ex: _Closable, spec: WorkflowSpec | None = None) -> Iterator[None]:
+    """Work before any MLflow run exists: the executor is closed whichever way it fails, and a
+    task's failure becomes RunFailed with no run to name."""
+    try:
+        yield
+    except TaskFailed as e:
+        ex.close()
+        raise RunFailed(describe_failure(e, spec), None) from None
+    except BaseException:
+        ex.close()
+        raise
+
+
+@contextmanager
 def marks_run_failed(tracker: Tracker, parent: str, children: Iterable[str], ex: _Closable,
                      spec: WorkflowSpec | None = None) -> Iterator[None]:
     """The body of a command whose MLflow runs exist: any failure in it (a task, Ctrl-C, a bug)
