@@ -10,7 +10,6 @@ meta-model (reported, and applied to the test set) are then fitted on all held-o
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,11 +17,11 @@ from scipy.stats import rankdata
 
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.metrics import score
+from foldwise.tasks.stacking import fit_rows_for, stack_layers
 
 METHODS: tuple[str, ...] = ("mean", "rank_mean", "weights", "stack")
 TASKS: tuple[str, ...] = ("binary", "multiclass", "regression")
 MAX_GREEDY_STEPS = 100
-CLIP = 1e-6
 
 
 @dataclass(frozen=True)
@@ -35,14 +34,19 @@ class EnsembleResult:
     weights: dict[str, float]
     oof: np.ndarray  # (n,) or (n, K); NaN on rows outside plan.held_out
     test: np.ndarray | None  # ensemble test predictions, None without a test set
-    fold_scores: list[float]  # per fold k: metric on plan.valid_rows(k)
+    fold_scores: list[float]  # per fold k: metric on plan.valid_rows(k) (repeated CV: repeat by repeat)
     cv_score: float  # mean of fold_scores
+    repeat_oof: tuple[np.ndarray, ...] = ()  # repeated CV: each repeat's ensemble OOF (oof is their mean)
 
 
 def blend(method: str, oof: dict[str, np.ndarray], test: dict[str, np.ndarray] | None, y: np.ndarray,
           plan: FoldPlan, metric: str, task: str, seed: int,
-          meta: str | None = None, meta_params: dict | None = None) -> EnsembleResult:
-    """Blend the models' OOF (and test) predictions by `method`; see the module docstring."""
+          meta: str | None = None, meta_params: dict | None = None, layers: int = 1, passthrough: bool = False,
+          X: np.ndarray | None = None, X_test: np.ndarray | None = None) -> EnsembleResult:
+    """Blend the models' OOF (and test) predictions by `method`; see the module docstring.
+
+    `layers`/`passthrough` (stack only): layer k learns from layer k-1's OOF, plus the original
+    features `X` (test: `X_test`) with passthrough; see tasks.stacking."""
     names = _check_inputs(method, oof, test, y, plan, task)
     held = plan.held_out
     n = len(y)
@@ -68,28 +72,17 @@ def blend(method: str, oof: dict[str, np.ndarray], test: dict[str, np.ndarray] |
         weights = {m: 1.0 / len(names) for m in names}
     elif method == "weights":
         for k in range(plan.n_folds):
-            fit_rows, valid = _other_folds(plan, k), plan.valid_rows(k)
-            w = greedy_weights([preds[m][fit_rows] for m in names], y[fit_rows], metric, task)
+            fit_rows, valid = fit_rows_for(plan, k), plan.valid_rows(k)
+            # time scheme: the first held-out fold has no earlier fold to learn weights from -> equal weights
+            w = (greedy_weights([preds[m][fit_rows] for m in names], y[fit_rows], metric, task) if len(fit_rows)
+                 else np.full(len(names), 1.0 / len(names)))
             ens_oof[valid] = _weighted([preds[m][valid] for m in names], w)
         w = greedy_weights([preds[m][held] for m in names], y[held], metric, task)
         ens_test = None if tests is None else _weighted([tests[m] for m in names], w)
         weights = dict(zip(names, map(float, w)))
-    else:  # stack
-        features = {m: _meta_features(preds[m], task) for m in names}
-        X = np.column_stack([features[m] for m in names])
-        n_classes = preds[names[0]].shape[1] if task == "multiclass" else 2
-        for k in range(plan.n_folds):
-            fit_rows, valid = _other_folds(plan, k), plan.valid_rows(k)
-            model = _fit_meta(X[fit_rows], y[fit_rows], task, seed, meta, meta_params)
-            ens_oof[valid] = _meta_predict(model, X[valid], task, n_classes)
-        model = _fit_meta(X[held], y[held], task, seed, meta, meta_params)
-        if tests is None:
-            ens_test = None
-        else:
-            X_test = np.column_stack([_meta_features(tests[m], task) for m in names])
-            ens_test = _meta_predict(model, X_test, task, n_classes)
-        widths = [1 if features[m].ndim == 1 else features[m].shape[1] for m in names]
-        weights = _meta_weights(model, names, widths)
+    else:  # stack, in `layers` layers (tasks.stacking)
+        ens_oof, ens_test, weights = stack_layers(preds, tests, y, plan, task, seed, meta, meta_params,
+                                                  layers=layers, passthrough=passthrough, X=X, X_test=X_test)
     assert ens_oof.shape[0] == n
     return _result(method, weights, ens_oof, ens_test, y, plan, metric, task)
 
@@ -159,14 +152,6 @@ def _check_inputs(method: str, oof: dict[str, np.ndarray], test: dict[str, np.nd
     return names
 
 
-def _other_folds(plan: FoldPlan, k: int) -> np.ndarray:
-    """Held-out rows of every fold but k: where fold k's weights / meta-model are fitted."""
-    rows = np.flatnonzero((plan.fold_of_row >= 0) & (plan.fold_of_row != k))
-    if len(rows) == 0:
-        raise ValueError("cross-fitting an ensemble needs at least two held-out folds")
-    return rows
-
-
 def _nan_outside(pred: np.ndarray, held: np.ndarray) -> np.ndarray:
     out = np.full(pred.shape, np.nan)
     out[held] = pred[held]
@@ -179,63 +164,6 @@ def _ranks(p: np.ndarray) -> np.ndarray:
 
 def _weighted(preds: list[np.ndarray], w: np.ndarray) -> np.ndarray:
     return sum(wi * p for wi, p in zip(w, preds) if wi > 0)
-
-
-def _meta_features(p: np.ndarray, task: str) -> np.ndarray:
-    """Logits (binary) / log-probabilities (multiclass): linear meta-models behave on these."""
-    if task == "binary":
-        q = np.clip(p, CLIP, 1 - CLIP)
-        return np.log(q) - np.log1p(-q)
-    if task == "multiclass":
-        return np.log(np.clip(p, CLIP, 1.0))
-    return p
-
-
-def _fit_meta(X: np.ndarray, y: np.ndarray, task: str, seed: int, meta: str | None,
-              meta_params: dict | None):  # noqa: ANN202 - any sklearn estimator
-    params = dict(meta_params or {})
-    if meta is None:
-        if task == "regression":
-            from sklearn.linear_model import Ridge as cls
-            params = {"alpha": 1.0, **params}
-        else:
-            from sklearn.linear_model import LogisticRegression as cls
-            params = {"C": 1.0, "max_iter": 1000, **params}
-    else:
-        from foldwise.tasks.models.sklearn_model import estimator_class
-
-        cls = estimator_class(meta)
-    if "random_state" in inspect.signature(cls).parameters and "random_state" not in params:
-        params["random_state"] = seed
-    model = cls(**params)
-    if task != "regression" and not hasattr(model, "predict_proba"):
-        raise ValueError(f"stacking meta-model {cls.__name__} has no predict_proba; a {task} task needs one")
-    model.fit(X, y)
-    return model
-
-
-def _meta_predict(model, X: np.ndarray, task: str, n_classes: int) -> np.ndarray:  # noqa: ANN001
-    if task == "regression":
-        return np.asarray(model.predict(X), dtype=np.float64)
-    proba = model.predict_proba(X)
-    full = np.zeros((len(X), n_classes))  # a class absent from the fit rows gets probability 0
-    full[:, np.asarray(model.classes_, dtype=int)] = proba
-    return full[:, 1] if task == "binary" else full
-
-
-def _meta_weights(model, names: list[str], widths: list[int]) -> dict[str, float]:  # noqa: ANN001
-    """Normalised |coefficients| per base model (feature_importances_ for trees; NaN if neither)."""
-    if hasattr(model, "coef_"):
-        imp = np.abs(np.atleast_2d(model.coef_)).sum(axis=0)
-    elif hasattr(model, "feature_importances_"):
-        imp = np.abs(np.asarray(model.feature_importances_))
-    else:
-        return {m: float("nan") for m in names}
-    bounds = np.cumsum([0, *widths])
-    per_model = np.array([imp[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:])])
-    total = per_model.sum()
-    per_model = per_model / total if total > 0 else np.full(len(names), 1.0 / len(names))
-    return dict(zip(names, map(float, per_model)))
 
 
 def _result(method: str, weights: dict[str, float], ens_oof: np.ndarray, ens_test: np.ndarray | None,

@@ -14,6 +14,8 @@ from sklearn.model_selection import (
     BaseCrossValidator,
     GroupKFold,
     KFold,
+    RepeatedKFold,
+    RepeatedStratifiedKFold,
     StratifiedGroupKFold,
     StratifiedKFold,
     TimeSeriesSplit,
@@ -24,25 +26,59 @@ NEVER_HELD_OUT = -1  # rows the time scheme only ever trains on (the first block
 
 @dataclass(frozen=True)
 class FoldPlan:
-    fold_of_row: np.ndarray  # (n,) int32; NEVER_HELD_OUT for train-only rows (time scheme)
+    """Which rows each split holds out. With `cv.repeats` > 1 the plan holds every repeat's folds:
+    split `s` (0 .. n_splits-1) is fold `s % n_folds` of repeat `s // n_folds`, and the fold DAG
+    runs one node per split. `fold_of_row` is repeat 0's assignment (what one repeat alone is)."""
+
+    fold_of_row: np.ndarray  # (n,) int32, repeat 0; NEVER_HELD_OUT for train-only rows (time scheme)
     n_folds: int
     scheme: str
     seed: int
-    hash: str
+    hash: str  # of every repeat's assignment: one hash for the whole plan
+    repeats: int = 1
+    later_repeats: tuple[np.ndarray, ...] = ()  # repeats 1..R-1, each like fold_of_row
+
+    @property
+    def n_splits(self) -> int:
+        """Folds x repeats: the number of train_fold nodes per model."""
+        return self.n_folds * self.repeats
+
+    def folds_of(self, repeat: int) -> np.ndarray:
+        """One repeat's fold of each row."""
+        return self.fold_of_row if repeat == 0 else self.later_repeats[repeat - 1]
 
     def valid_rows(self, fold: int) -> np.ndarray:
-        return np.flatnonzero(self.fold_of_row == fold)
+        """Rows split `fold` holds out (for one repeat, split = fold)."""
+        repeat, k = divmod(fold, self.n_folds)
+        return np.flatnonzero(self.folds_of(repeat) == k)
 
     def train_rows(self, fold: int) -> np.ndarray:
-        """Other folds; for the time scheme only rows *before* the held-out block."""
+        """Other folds of the split's repeat; for the time scheme only rows *before* the held-out block."""
+        repeat, k = divmod(fold, self.n_folds)
+        folds = self.folds_of(repeat)
         if self.scheme == "time":
-            return np.flatnonzero(self.fold_of_row < fold)
-        return np.flatnonzero(self.fold_of_row != fold)
+            return np.flatnonzero(folds < k)
+        return np.flatnonzero(folds != k)
+
+    def repeat(self, r: int) -> FoldPlan:
+        """Repeat r alone, as a one-repeat plan (its splits are folds 0..n_folds-1)."""
+        if self.repeats == 1:
+            return self
+        folds = self.folds_of(r)
+        return FoldPlan(fold_of_row=folds, n_folds=self.n_folds, scheme=self.scheme, seed=self.seed,
+                        hash=_digest([folds]))
 
     @property
     def held_out(self) -> np.ndarray:
         """Rows that receive an OOF prediction (all rows, except the time scheme's first block)."""
         return np.flatnonzero(self.fold_of_row != NEVER_HELD_OUT)
+
+
+def _digest(assignments: list[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for a in assignments:
+        h.update(np.ascontiguousarray(a, dtype=np.int32).tobytes())
+    return h.hexdigest()[:16]
 
 
 def splitter(scheme: str, n_folds: int, seed: int) -> BaseCrossValidator:
@@ -60,14 +96,36 @@ def splitter(scheme: str, n_folds: int, seed: int) -> BaseCrossValidator:
     raise ValueError(f"unknown cv scheme {scheme!r}")
 
 
-def assign_folds(y: np.ndarray, groups: np.ndarray | None, scheme: str, n_folds: int, seed: int) -> FoldPlan:
-    fold_of_row = np.full(len(y), NEVER_HELD_OUT, dtype=np.int32)
-    X_dummy = np.zeros((len(y), 1))
+def repeated_splitter(scheme: str, n_folds: int, repeats: int, seed: int) -> list[BaseCrossValidator] | BaseCrossValidator:
+    """kfold / stratified: sklearn's RepeatedKFold / RepeatedStratifiedKFold(random_state=seed), one
+    splitter whose splits run repeat by repeat. group / stratified_group have no repeated splitter
+    in sklearn: repeat r is the scheme's splitter with random_state = seed + r (a list of them)."""
+    if scheme == "kfold":
+        return RepeatedKFold(n_splits=n_folds, n_repeats=repeats, random_state=seed)
+    if scheme == "stratified":
+        return RepeatedStratifiedKFold(n_splits=n_folds, n_repeats=repeats, random_state=seed)
+    if scheme == "time":
+        raise ValueError("the time scheme's folds are the same in every repeat; repeats need a shuffled scheme")
+    return [splitter(scheme, n_folds, seed + r) for r in range(repeats)]
+
+
+def assign_folds(y: np.ndarray, groups: np.ndarray | None, scheme: str, n_folds: int, seed: int,
+                 repeats: int = 1) -> FoldPlan:
+    n = len(y)
+    X_dummy = np.zeros((n, 1))
     groups = groups if scheme in ("group", "stratified_group") else None
-    for k, (_, valid) in enumerate(splitter(scheme, n_folds, seed).split(X_dummy, y, groups)):
-        fold_of_row[valid] = k
-    digest = hashlib.sha256(fold_of_row.tobytes()).hexdigest()[:16]
-    return FoldPlan(fold_of_row=fold_of_row, n_folds=n_folds, scheme=scheme, seed=seed, hash=digest)
+    folds = np.full((repeats, n), NEVER_HELD_OUT, dtype=np.int32)
+    if repeats == 1:
+        parts = [splitter(scheme, n_folds, seed)]
+    else:
+        cv = repeated_splitter(scheme, n_folds, repeats, seed)
+        parts = cv if isinstance(cv, list) else [cv]
+    splits = (split for part in parts for split in part.split(X_dummy, y, groups))
+    for i, (_, valid) in enumerate(splits):
+        r, k = divmod(i, n_folds)
+        folds[r, valid] = k
+    return FoldPlan(fold_of_row=folds[0], n_folds=n_folds, scheme=scheme, seed=seed, hash=_digest(list(folds)),
+                    repeats=repeats, later_repeats=tuple(folds[1:]))
 
 
 def fold_problem(y: np.ndarray, groups: np.ndarray | None, scheme: str, n_folds: int, task: str,

@@ -21,6 +21,8 @@ from foldwise.tasks.source import import_fresh
 BUILTIN_MODEL_TYPES: dict[str, str] = {
     "sklearn": "foldwise.tasks.models.sklearn_model:SklearnModel",
     "lightgbm": "foldwise.tasks.models.lightgbm_model:LightGBMModel",
+    "xgboost": "foldwise.tasks.models.xgboost_model:XGBoostModel",
+    "catboost": "foldwise.tasks.models.catboost_model:CatBoostModel",
     "torch_mlp": "foldwise.tasks.models.torch_mlp:TorchMLPModel",
     "torch_image": "foldwise.tasks.models.torch_image:TorchImageModel",
 }
@@ -50,6 +52,9 @@ class ModelConfig:
     memory: int | None = None  # bytes reserved per fold (a scheduling hint; never changes a result)
     augment: dict[str, Any] | None = None  # {"train": ..., "valid": ...} as in the spec (image models)
     tta: tuple[str, ...] = ()  # test-time views averaged at predict time (image models)
+    seed: int | None = None  # this fit's seed (a seed-averaging node); None: the spec's cv.seed
+    seeds: tuple[int, ...] = ()  # seed averaging: one fit per seed per fold, predictions averaged (tasks.seeds)
+    fold_steps: tuple[Any, ...] = ()  # tasks.fold_steps.FoldStepConfig: fitted inside each fold, before the model
 
 
 @dataclass(frozen=True)

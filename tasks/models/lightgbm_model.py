@@ -21,6 +21,7 @@ except ImportError as e:  # pragma: no cover - lightgbm is a core dependency
     raise ImportError("model type lightgbm needs lightgbm: pip install lightgbm") from e
 
 from foldwise.tasks.models import FitContext, ModelConfig, did_you_mean, inner_split
+from foldwise.tasks.models.boosters import gpu_usable, tiny_frame, warn_cpu_fallback
 from foldwise.tasks.models.sklearn_model import _align_proba
 
 # Used only when lightgbm's private alias table is unavailable.
@@ -68,6 +69,11 @@ def check_params(params: dict) -> str | None:
     return None
 
 
+def _probe_cuda() -> None:
+    X, y = tiny_frame()
+    lgb.LGBMClassifier(n_estimators=1, device_type="cuda", verbose=-1, n_jobs=1).fit(X, y)
+
+
 class LightGBMModel:
     def __init__(self, config: ModelConfig, ctx: FitContext) -> None:
         self.config, self.ctx = config, ctx
@@ -81,7 +87,14 @@ class LightGBMModel:
             params["n_jobs"] = max(1, int(ctx.n_threads))
         if not params.keys() & _aliases_of("verbosity", ("verbosity", "verbose")):
             params["verbose"] = -1
-        # GPU only when the user asked through params (device_type: gpu / cuda); CPU is the norm.
+        # A fold that holds a GPU uses LightGBM's CUDA build where this install is one (the PyPI
+        # wheel is not): else the CPU, with a warning. A device the user set in params wins.
+        if ctx.gpus > 0 and not params.keys() & _aliases_of("device_type", ("device_type", "device")):
+            why = gpu_usable("lightgbm", _probe_cuda)
+            if why is None:
+                params["device_type"] = "cuda"
+            else:
+                warn_cpu_fallback("lightgbm", why)
         self.params = params
         self.estimator: lgb.LGBMModel | None = None
         self.best_iteration: int | None = None

@@ -6,19 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from foldwise.tasks.compare import (
-    PairedRows,
-    RunFacts,
-    compare_runs,
-    note_markdown,
-    pair_rows,
-    paired_stats,
-    plot_fold_deltas,
-    plot_slice_grid,
-    sections,
-    to_html,
-    to_markdown,
-)
+from foldwise.tasks.compare import PairedRows, RunFacts, compare_runs, pair_rows, paired_stats
+from foldwise.tasks.compare_report import note_markdown, plot_fold_deltas, plot_slice_grid, sections, to_html, to_markdown
 from foldwise.tasks.metrics import score
 from foldwise.tasks.slices import ALL_ROWS, SliceError, auto_slices, fast_score, feature_frame, slice_scores
 

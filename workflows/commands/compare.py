@@ -48,8 +48,8 @@ class CompareResult:
 def compare(run_a: str, run_b: str, *, out: str | Path | None = None, tracking_uri: str | None = None,
             n_boot: int = 200, log: bool = True, seed: int = 0) -> CompareResult:
     """The Python API of `foldwise compare`. Raises CompareInputError before writing anything."""
-    from foldwise.tasks.compare import (
-        compare_runs,
+    from foldwise.tasks.compare import compare_runs
+    from foldwise.tasks.compare_report import (
         note_markdown,
         plot_fold_deltas,
         plot_slice_grid,
@@ -165,6 +165,9 @@ def load_run(reader: tk.RunReader, rec: tk.RunRecord, ref: str, tmp: Path) -> Lo
     folds = summary.get("folds") or {}
     folds_text = (f"{folds.get('scheme') or parent.params.get('cv.scheme')} x{folds.get('n') or parent.params.get('cv.folds')}, "
                   f"seed {folds.get('seed') or parent.params.get('cv.seed')}")
+    repeats = int(folds.get("repeats") or parent.params.get("cv.repeats") or 1)
+    folds_text += f", {repeats} repeats" if repeats > 1 else ""
+    n_folds = folds.get("n") or parent.params.get("cv.folds")
     models = summary.get("models") or {}
     if kind == "run":
         fold_scores = reader.history(rec.run_id, tk.M_FOLD_SCORE) or list(summary.get("ensemble", {}).get("fold_scores", []))
@@ -194,7 +197,7 @@ def load_run(reader: tk.RunReader, rec: tk.RunRecord, ref: str, tmp: Path) -> Lo
         ref=ref, run_id=rec.run_id, name=rec.name if kind == "run" else f"{parent.name}/{model}", kind=kind,
         experiment=rec.experiment, prediction=prediction, metric=metric, task=task, cv_score=float(cv_score),
         fold_scores=tuple(float(x) for x in fold_scores), folds_hash=rec.tags.get(tk.TAG_FOLDS_HASH) or folds.get("hash"),
-        folds=folds_text, data_fingerprint=rec.tags.get(tk.TAG_DATA) or summary.get("data_fingerprint"),
+        folds=folds_text, n_folds=int(n_folds) if n_folds else None, data_fingerprint=rec.tags.get(tk.TAG_DATA) or summary.get("data_fingerprint"),
         git_commit=rec.tags.get(tk.TAG_GIT), code_version=rec.tags.get(tk.TAG_CODE),
         started=datetime.fromtimestamp(rec.start_time_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         status=rec.status, params=params, features=feature_set(spec), models=tuple(used),
