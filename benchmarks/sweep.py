@@ -16,6 +16,7 @@ The MLflow store is created before the timed runs (a user's store exists already
 a fresh sqlite store takes a few seconds once).
 
 Usage: python benchmarks/sweep.py [--rows 20000] [--features 30] [--trials 60] [--out benchmarks/out/sweep]
+       python benchmarks/sweep.py --scale 2000   # only the scale part: thousands of trivial trials per side
 Prints a markdown table; paste it into benchmarks/RESULTS.md.
 """
 
@@ -39,6 +40,7 @@ SPACE = {"learning_rate": {"loguniform": [0.01, 0.3]}, "num_leaves": {"int": [8,
          "min_child_samples": {"int": [5, 200]}, "colsample_bytree": {"uniform": [0.4, 1.0]},
          "reg_lambda": {"loguniform": [1e-3, 10.0]}}
 TRIVIAL_SPACE = {"strategy": {"categorical": ["prior", "stratified", "uniform"]}}
+SCALE_FOLDS = 2
 
 
 def make_data(rows: int, features: int) -> pd.DataFrame:
@@ -169,6 +171,126 @@ def foldwise_sweep(kind: str, space: dict, data: Path, trials: int, out: Path, p
             "phases": s["phase_seconds"]}
 
 
+# --------------------------------------------------------------------------- scale: thousands of trivial trials
+
+
+def scale_side(side: str, trials: int, out: Path) -> dict:
+    """One side of the scale test, in its own process (so its peak memory is the driver's alone).
+
+    Trivial trials (DummyClassifier, SCALE_FOLDS folds of a 400-row table), 2 at a time. Returns
+    wall, seconds inside the folds, ms per trial over the first and the last hundred trials (from
+    the trials' end times: flat cost means these match), the driver's peak RSS and MLflow runs.
+    """
+    import resource
+
+    rng = np.random.default_rng(SEED)
+    frame = pd.DataFrame(rng.normal(size=(400, 4)), columns=list("abcd"))
+    frame["target"] = (frame.a + rng.normal(size=400) > 0).astype(int)
+    X, y = frame.drop(columns=["target"]).to_numpy(), frame["target"].to_numpy()
+    out.mkdir(parents=True, exist_ok=True)
+    ends: list[float] = []
+    if side == "optuna":
+        import optuna
+
+        from foldwise.tasks.folds import splitter
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        splits = list(splitter("stratified", SCALE_FOLDS, SEED).split(np.zeros(len(y)), y))
+        compute: list[float] = []
+
+        def objective(trial: optuna.Trial) -> float:
+            params = {"strategy": trial.suggest_categorical("strategy", ["prior", "stratified", "uniform"])}
+            start = time.perf_counter()
+            score = float(np.mean([fold_fit("dummy", params, X, y, tr, va) for tr, va in splits]))
+            compute.append(time.perf_counter() - start)
+            return score
+
+        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=SEED))
+        start = time.perf_counter()
+        study.optimize(objective, n_trials=trials, n_jobs=SLOTS)
+        wall = time.perf_counter() - start
+        ends = sorted(t.datetime_complete.timestamp() for t in study.trials)
+        result = {"wall": wall, "compute": sum(compute), "mlflow_runs": 0}
+    else:
+        import ray
+
+        ray.init(num_cpus=SLOTS, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        if side == "tune":
+            from ray import tune
+            from ray.tune.search.optuna import OptunaSearch
+
+            from foldwise.tasks.folds import splitter
+
+            splits = list(splitter("stratified", SCALE_FOLDS, SEED).split(np.zeros(len(y)), y))
+
+            def trainable(config: dict) -> None:
+                start = time.perf_counter()
+                score = float(np.mean([fold_fit("dummy", config, X, y, tr, va) for tr, va in splits]))
+                tune.report({"score": score, "compute": time.perf_counter() - start, "ended": time.time()})
+
+            search = OptunaSearch(space=distributions(TRIVIAL_SPACE), metric="score", mode="max", seed=SEED)
+            tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=search, num_samples=trials),
+                               run_config=tune.RunConfig(storage_path=str(out / "tune"), name="scale", verbose=0))
+            start = time.perf_counter()
+            df = tuner.fit().get_dataframe()
+            wall = time.perf_counter() - start
+            ends = sorted(df["ended"].tolist())
+            result = {"wall": wall, "compute": float(df["compute"].sum()), "mlflow_runs": 0}
+        else:
+            from foldwise.workflows.commands.sweep import run_sweep
+            from foldwise.workflows.tracking.tracker import RunReader, Tracker
+
+            data = out / "scale.csv"
+            frame.to_csv(data, index=False)
+            uri = f"sqlite:///{out / 'mlflow.db'}"
+            Tracker(uri, "bench-setup")  # the store exists, as it would for a user
+            spec = {"name": "bench-sweep-scale", "data": {"train": str(data), "target": "target"}, "task": "binary",
+                    "metric": "roc_auc", "cv": {"scheme": "stratified", "folds": SCALE_FOLDS, "seed": SEED},
+                    "models": [{"name": "dummy", "type": "sklearn", "estimator": "sklearn.dummy.DummyClassifier"}],
+                    "search": {"trials": trials, "space": TRIVIAL_SPACE, "pruner": "none"}}
+            r = run_sweep(spec, concurrency=SLOTS, out=out / "run", tracking_uri=uri, storage=str(out / "store"),
+                          no_cache=True)
+            s = r.summary
+            ends = sorted(o.ended_at for o in r.outcomes if o.ended_at)
+            result = {"wall": s["phase_seconds"]["tune"], "command_wall": s["wall_seconds"], "phases": s["phase_seconds"],
+                      "compute": sum(o.compute_seconds for o in r.outcomes),
+                      "mlflow_runs": len(RunReader(uri).children(s["run_id"]))}
+        ray.shutdown()
+    hundred = min(100, len(ends) // 2)  # trials per window: the first and the last
+    per = [(ends[i + hundred - 1] - ends[i]) / (hundred - 1) * 1000 for i in (0, len(ends) - hundred)]
+    return {**result, "trials": len(ends), "first_100_ms": per[0], "last_100_ms": per[1],
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def scale(trials: int, out: Path, sides: list[str], tune_trials: int = 100) -> None:
+    """Each side in a subprocess, then one table."""
+    import json
+    import subprocess
+    import sys
+
+    results = {}
+    for side in sides:
+        proc = subprocess.run([sys.executable, __file__, "--scale-side", side, "--scale", str(trials), "--out", str(out),
+                               "--scale-tune", str(tune_trials)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{side} failed: {proc.stderr[-2000:]}")
+            continue
+        results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"## sweep at scale ({datetime.now():%Y-%m-%d}, {platform.machine()}, {psutil.cpu_count()} cores, "
+          f"{trials} trivial trials: DummyClassifier, {SCALE_FOLDS} folds, {SLOTS} at a time)\n")
+    print("| what | trials | wall s | overhead ms/trial | ms/trial, first 100 | ms/trial, last 100 | driver peak RSS MiB | MLflow runs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    names = {"optuna": "Optuna alone (n_jobs=2)", "tune": "Ray Tune defaults + OptunaSearch",
+             "foldwise": "foldwise sweep (tune phase)"}
+    for side, r in results.items():
+        print(f"| {names[side]} | {r['trials']} | {r['wall']:.1f} | {overhead_ms(r['wall'], r['compute'], r['trials']):.0f} | "
+              f"{r['first_100_ms']:.0f} | {r['last_100_ms']:.0f} | {r['peak_rss_mb']:.0f} | {r['mlflow_runs']} |")
+    if "foldwise" in results:
+        f = results["foldwise"]
+        print(f"\nfoldwise whole command {f['command_wall']:.1f} s; phases (s): "
+              + ", ".join(f"{k}={v:.2f}" for k, v in f["phases"].items()))
+
+
 def time_to(target: float, ends: list[tuple[float, float]]) -> float | None:
     """Seconds until the running best first reaches target (None: never)."""
     best = -np.inf
@@ -190,12 +312,30 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=60)
     ap.add_argument("--trivial-trials", type=int, default=None, help="trials of the overhead part (default --trials)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out/sweep"))
+    ap.add_argument("--scale", type=int, default=None, metavar="N",
+                    help="run only the scale part: N trivial trials per side (each side in its own process)")
+    ap.add_argument("--scale-side", choices=["optuna", "tune", "foldwise"], help=argparse.SUPPRESS)
+    ap.add_argument("--scale-sides", default="foldwise,optuna,tune", help="the sides of --scale, comma-separated")
+    ap.add_argument("--scale-tune", type=int, default=100,
+                    help="trials of the Ray Tune defaults side of --scale (a new actor per trial: ~4 s each here)")
     ap.add_argument("--skip-tune-defaults", action="store_true",
                     help="leave out the Ray Tune defaults side (~13 min here; it runs no foldwise code), e.g. to "
                          "check foldwise against Optuna alone after a change to foldwise only")
     args = ap.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.scale_side:
+        import json
+
+        os.chdir(out)
+        n = min(args.scale, args.scale_tune) if args.scale_side == "tune" else args.scale
+        result = scale_side(args.scale_side, n, out / f"scale-{args.scale_side}")
+        (out / f"scale-{args.scale_side}.json").write_text(json.dumps(result))  # kept if a later side is cut short
+        print(json.dumps(result))
+        return
+    if args.scale:
+        scale(args.scale, out, args.scale_sides.split(","), args.scale_tune)
+        return
     os.chdir(out)  # MLflow's default artifact root (./mlruns) and foldwise's cache land under --out
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     frame = make_data(args.rows, args.features)
@@ -232,7 +372,7 @@ def main() -> None:
           f"{args.rows} x {args.features}, {FOLDS} folds, LightGBM {BASE['n_estimators']} trees, 1 thread per fold, "
           f"{n} trials, {SLOTS} at a time)\n")
     print("| what | wall s | best CV AUC | trials/min | completed / pruned | slot-s outside folds per trial, ms | wall vs Optuna |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     rows = [("Optuna alone (n_jobs=2, MedianPruner)", res["optuna"], res["optuna"]["wall"]),
             ("Ray Tune defaults + OptunaSearch", res.get("tune"), res.get("tune", {}).get("wall")),
             ("foldwise sweep (ASHA, MLflow; tune phase)", res["foldwise"], res["foldwise"]["tune"]),

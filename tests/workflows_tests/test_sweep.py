@@ -296,7 +296,7 @@ def test_the_pruners_record_the_baseline_trial_but_never_stop_it(pruner: str) ->
             self.trial_id, self.experiment_tag = f"t{i}", f"{i + 1}_x=1"
 
     def decisions(spare: bool) -> list[str]:
-        scheduler = make_scheduler(pruner, 3, spare_baseline=spare)
+        scheduler = make_scheduler(pruner, 3, spare_baselines=1 if spare else 0)
         scheduler.set_search_properties(SCORE, "max")
         trials = [Trial(i) for i in range(5)]
         for t in trials:
@@ -356,7 +356,7 @@ def test_bad_space_exits_2_and_logs_nothing(case: str, tmp_path: Path, capsys) -
 # --------------------------------------------------------------------------- resume after SIGKILL
 
 
-RESUME_TRIALS = 6
+RESUME_TRIALS = 10
 
 
 def _trial_states(db: Path) -> dict[str, int]:
@@ -387,7 +387,7 @@ def test_resume_after_sigkill_continues_the_same_sweep(ray_cluster, tmp_path: Pa
     frame = pd.DataFrame(rng.normal(size=(200, 4)), columns=list("abcd"))
     frame["y"] = (frame.a + rng.normal(size=200) > 0).astype(int)
     frame.to_csv(tmp_path / "train.csv", index=False)
-    spec = sweep_spec(trials=RESUME_TRIALS, pruner="none", refit=False,
+    spec = sweep_spec(trials=RESUME_TRIALS, pruner="asha", refit=False,
                       space={"C": {"loguniform": [0.01, 10.0]}})
     spec["name"] = "sweep-resume"
     spec["data"] = {"train": str(tmp_path / "train.csv"), "target": "y"}
@@ -463,6 +463,13 @@ def test_resume_after_sigkill_continues_the_same_sweep(ray_cluster, tmp_path: Pa
         assert [r.info.run_id for r in after if r.data.tags["foldwise.trial_id"] == trial_id] == [run_id]
     assert [r.info.run_id for r in after if r.data.tags["foldwise.trial_id"] == replay_trial] == [replay_run]
     assert fold_scores(f"sqlite:///{db}", replay_run) == {0: 0.61, 1: 0.62, 2: 0.63}
+    # the pruner's state survives the kill: trials pruned before it stay pruned, and the restored
+    # ASHA's rungs hold every ended trial of the whole sweep, not only those after the resume
+    for run in before.values():
+        if run.data.tags["foldwise.state"] == "pruned":
+            assert client.get_run(run.info.run_id).data.tags["foldwise.state"] == "pruned"
+    reached = {k: sum(len(fold_scores(f"sqlite:///{db}", r.info.run_id)) >= k for r in final) for k in (1, 2)}
+    assert summary["pruner_rungs"] == {"1": reached[1], "2": reached[2]} and reached[1] == RESUME_TRIALS
     killed = client.get_run(interrupted.info.run_id)
     assert killed.info.status == "KILLED" and killed.data.tags["foldwise.state"] == "interrupted"
     assert summary["trials"]["interrupted"] >= 1

@@ -17,12 +17,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue the latest unfinished sweep of this spec (or the one with this parent run id)")
     p.add_argument("--storage", metavar="DIR",
                    help="where sweeps keep their Ray Tune state (default $FOLDWISE_SWEEPS or .foldwise/sweeps)")
+    p.add_argument("--register", metavar="NAME", default=None,
+                   help="register the refit's logged model (needs search.refit: true) as a new version of NAME")
 
 
 def command(args: argparse.Namespace) -> int:
     from foldwise.workflows.errors import InputError, RunFailed, SpecError
 
-    if args.executor != "ray":
+    if args.executor == "local":
         return bad_input("--executor local: a sweep runs its trials on Ray Tune; leave --executor out")
     try:
         from foldwise.workflows.commands.sweep import run_sweep
@@ -30,7 +32,7 @@ def command(args: argparse.Namespace) -> int:
         result = run_sweep(args.spec, overrides=args.overrides, trials=args.trials, concurrency=args.concurrency,
                            timeout=args.timeout, resume=args.resume, out=args.out, tracking_uri=args.tracking_uri,
                            address=args.address, storage=args.storage, progress=not args.no_progress,
-                           no_cache=args.no_cache, cache_root=args.cache_root)
+                           no_cache=args.no_cache, cache_root=args.cache_root, register=args.register)
     except (SpecError, InputError) as e:
         return bad_input(str(e))
     except RunFailed as e:
@@ -47,7 +49,8 @@ def print_trials(result) -> None:  # noqa: ANN001 - a foldwise.workflows.command
     s = result.summary
     done = sorted((o for o in result.outcomes if o.state == "completed"), key=lambda o: -o.cv_score)[:5]
     c = s["trials"]
-    table = Table(title=f"{s['experiment']}: sweep of {s['model']} ({s['metric']}, greater is better)",
+    models = ", ".join(s["model"]) if isinstance(s["model"], list) else s["model"]
+    table = Table(title=f"{s['experiment']}: sweep of {models} ({s['metric']}, greater is better)",
                   caption=f"{c['total']} trials: {c['completed']} completed, {c['pruned']} pruned, {c['failed']} failed"
                           + (f", {c['stopped']} stopped by --timeout" if c["stopped"] else "")
                           + (f"; {c['interrupted']} interrupted attempts" if c["interrupted"] else ""))
@@ -61,6 +64,13 @@ def print_trials(result) -> None:  # noqa: ANN001 - a foldwise.workflows.command
     console = Console()
     console.print(table)
     console.print(baseline_line(s), highlight=False)
+    for name, t in (s.get("best_per_model") or {}).items():
+        console.print(f"best {name}: trial {t['trial']}, {s['metric']} {t['cv_score']:.5f}", highlight=False)
+    if s.get("pareto_front"):
+        costs = [o for o in s["objectives"] if o != "cv_score"]
+        console.print(f"Pareto front of {s['metric']} against {', '.join(costs)}: " + "; ".join(
+            f"trial {t['trial']} ({t['cv_score']:.5f}, " + ", ".join(f"{_short(t['costs'][c])}" for c in costs) + ")"
+            for t in s["pareto_front"][:10]) + (" ..." if len(s["pareto_front"]) > 10 else ""), highlight=False)
     if s.get("refit"):
         console.print(f"refit of the best params: {s['metric']} {s['refit']['cv_score']:.5f} "
                       f"(MLflow run {s['refit']['run_id']}, outputs in {s['refit']['out_dir']})")

@@ -1,4 +1,4 @@
-"""Ray Tune for `foldwise sweep`: what a trial runs, the searcher and pruners, slots, and the Tuner itself.
+"""Ray Tune for `foldwise sweep`: what a trial runs, slots, and the Tuner itself (the searcher and pruners: tune_search).
 
 Ray Tune owns its actors, placement groups and event loop, so trials cannot go through
 `executor.submit`: a trial (`run_trial`, on a Tune actor) reads the prepared data and the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -22,20 +21,28 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
-import optuna
 import ray
 from ray import tune
 from ray.tune import Callback, PlacementGroupFactory
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.trial import FoldScore, score_fold
+from foldwise.workflows.engine.tune_search import (
+    ASHA_REDUCTION,
+    FOLDS_DONE,
+    SCORE,
+    SearchConfig,
+    creation_index,
+    make_scheduler,
+    make_searcher,
+    rung_counts,
+    seed_pruner,
+)
+from foldwise.workflows.engine.tune_storage import atomic_local_filesystem
 
-SCORE = "score"  # what a trial reports after each fold: the running mean of its fold scores
-FOLDS_DONE = "folds_done"  # the pruners' clock
-ASHA_REDUCTION = 2  # keep the better half at each rung (folds 1, 2, 4, ...), like Optuna's median pruner
-MEDIAN_MIN_TRIALS = 3
+__all__ = ["FOLDS_DONE", "SCORE", "creation_index"]  # re-exported: the sweep's book and tests read them here
+PACED_FROM = 200  # trials: larger sweeps let Tune pace its state saves (tune_environment)
+BASELINE_TRIAL = 0  # the creation index of the first enqueued trial (Optuna hands out enqueued trials first)
 
 
 # --------------------------------------------------------------------------- what a trial runs (on a Tune actor)
@@ -47,6 +54,7 @@ class Replay:
 
     fold_scores: tuple[tuple[int, float], ...]
     failed: str | None = None
+    costs: dict[str, float] = field(default_factory=dict)  # per fold, as recorded (multi-objective sweeps)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class TrialInputs:
 
     data: Any  # ObjectRef[PreparedData]
     plan: Any  # ObjectRef[FoldPlan]
-    model: ModelConfig
+    model: ModelConfig  # the tuned model (with several: the one whose resources size the slots)
     metric: str
     seed: int
     n_folds: int
@@ -63,6 +71,18 @@ class TrialInputs:
     bundles: int  # fold bundles in the trial's placement group (parallel_folds)
     report_at: frozenset[int] = frozenset()  # folds done at which to report (where the pruner looks, and the end)
     replays: dict[str, Replay] = field(default_factory=dict)
+    models: dict[str, ModelConfig] = field(default_factory=dict)  # several models in one study: by name
+    choice_key: str | None = None  # the config key naming the trial's model (None: one model, plain keys)
+
+
+def trial_model(config: dict[str, Any], inputs: TrialInputs) -> ModelConfig:
+    """The trial's model: its sampled params on top of the model's own (`MODEL.param` keys with several)."""
+    if inputs.choice_key is None:
+        return replace(inputs.model, params={**inputs.model.params, **config})
+    name = config[inputs.choice_key]
+    base, prefix = inputs.models[name], f"{name}."
+    own = {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
+    return replace(base, params={**base.params, **own})
 
 
 def _add(f: FoldScore, done: dict[int, FoldScore], report_at: frozenset[int]) -> None:
@@ -78,7 +98,15 @@ def _add(f: FoldScore, done: dict[int, FoldScore], report_at: frozenset[int]) ->
     tune.report({SCORE: float(np.mean([done[k].score for k in folds])), FOLDS_DONE: len(done),
                  "fold_scores": [[k, done[k].score] for k in folds],
                  "fit_seconds": [[k, done[k].fit_seconds] for k in folds],
-                 "fold_seconds": [[k, done[k].seconds] for k in folds]})
+                 "fold_seconds": [[k, done[k].seconds] for k in folds],
+                 **costs([done[k] for k in folds])})
+
+
+def costs(folds: Sequence[FoldScore]) -> dict[str, float]:
+    """A trial's costs as objectives read them: one fold's fit and predict seconds and model size, averaged."""
+    return {"cost.fit_seconds": float(np.mean([f.fit_seconds for f in folds])),
+            "cost.predict_seconds": float(np.mean([f.predict_seconds for f in folds])),
+            "cost.model_bytes": float(np.mean([f.model_bytes for f in folds]))}
 
 
 def report_points(pruner: str, n_folds: int) -> frozenset[int]:
@@ -103,9 +131,11 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
         done: dict[int, FoldScore] = {}
         every = frozenset(range(1, len(replay.fold_scores) + 1))
         for k, s in replay.fold_scores:
-            _add(FoldScore(fold=k, score=s, fit_seconds=0.0, seconds=0.0), done, every)
+            _add(FoldScore(fold=k, score=s, fit_seconds=replay.costs.get("fit_seconds", 0.0), seconds=0.0,
+                           predict_seconds=replay.costs.get("predict_seconds", 0.0),
+                           model_bytes=int(replay.costs.get("model_bytes", 0))), done, every)
         return
-    model = replace(inputs.model, params={**inputs.model.params, **config})
+    model = trial_model(config, inputs)
     done = {}
     if not inputs.parallel_folds:
         data, plan = ray.get([inputs.data, inputs.plan])
@@ -134,104 +164,7 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
             ray.cancel(ref)
 
 
-# --------------------------------------------------------------------------- searcher, pruners, slots (module level: Tune pickles them)
-
-
-class FoldSearch(OptunaSearch):
-    """OptunaSearch that tells Optuna a pruned trial is PRUNED (Tune would report it as complete)."""
-
-    def __init__(self, *args: Any, n_folds: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._n_folds = n_folds
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        """Optuna's intermediate value at step = folds done (trials report only where a pruner looks)."""
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            return
-        with warnings.catch_warnings():  # a trial run again after a resume reports its folds again: fine
-            warnings.filterwarnings("ignore", message=".*is already reported")
-            self._ot_trials[trial_id].report(float(result[self.metric]), int(result[FOLDS_DONE]))
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        cut_short = bool(result) and not error and int(result.get(FOLDS_DONE, self._n_folds)) < self._n_folds
-        if cut_short and trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            ot_trial = self._ot_trials[trial_id]
-            try:
-                ot_trial.report(float(result[self.metric]), int(result[FOLDS_DONE]))
-            except Exception:  # noqa: BLE001 - Optuna refuses a step reported twice; the first value stands
-                pass
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
-class FoldMedianRule(MedianStoppingRule):
-    """The median rule, never pausing a trial while too few have reported (a paused function trial restarts)."""
-
-    def _on_insufficient_samples(self, tune_controller: Any, trial: Any, time: float) -> str:
-        return TrialScheduler.CONTINUE
-
-
-def make_searcher(space: dict[str, Any], seed: int, n_folds: int, baseline: dict[str, Any] | None = None) -> FoldSearch:
-    """Optuna's TPE over `space` (name -> Optuna distribution), seeded, constant liar on (trials run in parallel).
-
-    `baseline` (some or all of the space's keys) is enqueued: Optuna's first trial takes those
-    values and samples the rest. Only a new sweep builds a searcher; a resume restores the saved
-    one, whose study already holds the enqueued trial, so the point is never added twice.
-    """
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    searcher = FoldSearch(space=dict(space), metric=SCORE, mode="max", sampler=sampler, n_folds=n_folds)
-    if baseline:
-        # not OptunaSearch's points_to_evaluate: it insists on a value for every key of the space
-        searcher._ot_study.enqueue_trial(dict(baseline))
-    return searcher
-
-
-BASELINE_TRIAL = 0  # the creation index of the enqueued trial (Optuna hands out enqueued trials first)
-
-
-class _SparesBaseline:
-    """A pruner that records the baseline trial's scores like any other's but never stops it."""
-
-    spare_baseline = False
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
-        if self.spare_baseline and creation_index(trial) == BASELINE_TRIAL and decision != TrialScheduler.NOOP:
-            return TrialScheduler.CONTINUE
-        return decision
-
-
-class FoldASHA(_SparesBaseline, ASHAScheduler):
-    """ASHA on folds done, sparing the baseline trial."""
-
-
-class SparingMedianRule(_SparesBaseline, FoldMedianRule):
-    """The median rule on folds done, sparing the baseline trial."""
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        decision = super().on_trial_result(tune_controller, trial, result)
-        if decision == TrialScheduler.CONTINUE:
-            self._stopped_trials.discard(trial)  # the rule asserts a trial it stopped never reports again
-        return decision
-
-
-def make_scheduler(pruner: str, n_folds: int, spare_baseline: bool = False) -> TrialScheduler:
-    """ASHA (rungs at 1, 2, 4... folds; the better half goes on), the median rule, or none.
-
-    `spare_baseline`: the baseline trial (the spec's own params, enqueued first) runs every fold,
-    so the sweep's best is never worse than it; its scores still count in the pruners' rungs.
-    """
-    if pruner == "asha" and n_folds > 1:
-        scheduler: Any = FoldASHA(time_attr=FOLDS_DONE, max_t=n_folds, grace_period=1, reduction_factor=ASHA_REDUCTION)
-    elif pruner == "median" and n_folds > 1:
-        scheduler = SparingMedianRule(time_attr=FOLDS_DONE, grace_period=1, min_samples_required=MEDIAN_MIN_TRIALS)
-    else:
-        return FIFOScheduler()
-    scheduler.spare_baseline = spare_baseline
-    return scheduler
+# --------------------------------------------------------------------------- slots
 
 
 @dataclass(frozen=True)
@@ -266,10 +199,15 @@ def plan_slots(model: ModelConfig, n_folds: int, *, parallel_folds: bool, concur
 
 
 @contextmanager
-def tune_environment() -> Iterator[None]:
-    """Tune quiet and lean for the sweep: no per-trial logger files, no console tables, state saved each second."""
+def tune_environment(trials: int = 0) -> Iterator[None]:
+    """Tune quiet and lean for the sweep: no per-trial logger files, no console tables.
+
+    Tune saves every trial's state at each checkpoint, so a save costs more the more trials a
+    sweep has: each second up to PACED_FROM trials; beyond, Tune's own pacing ("auto": every
+    10 s or more, so that saving takes at most 5% of the time), which keeps a trial's cost flat.
+    """
     wanted = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", "RAY_AIR_NEW_OUTPUT": "0",
-              "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1",
+              "TUNE_PRINT_ALL_TRIAL_ERRORS": "0", "TUNE_GLOBAL_CHECKPOINT_S": "1" if trials <= PACED_FROM else "auto",
               "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0"}
     before = {k: os.environ.get(k) for k in wanted}
     for k, v in wanted.items():
@@ -296,39 +234,49 @@ class TuneJob:
     """One sweep's Tune experiment: where Tune keeps its state, what it searches, how long."""
 
     tune_path: str  # <storage>/<spec name>/<parent run id>/tune
-    space: dict[str, Any]  # param name -> Optuna distribution
-    seed: int
+    search: SearchConfig  # the searcher a new sweep builds (a resume restores the saved one)
     pruner: str  # asha | median | none
     trials: int
     timeout: float | None
     resume: bool  # restore Tune's saved experiment when there is one
-    baseline: dict[str, Any] = field(default_factory=dict)  # enqueued as the first trial (a new sweep only)
+    # a resume: (trial id, running score after 1, 2, ... folds) of each trial that ended before
+    pruner_history: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
 
-def run_tuner(job: TuneJob, inputs: TrialInputs, slots: Slots, book: TrialBook) -> None:
-    """Build the Tuner (or restore it from `job.tune_path`), run every trial; Tune's events go to `book`."""
+def run_tuner(job: TuneJob, inputs: TrialInputs, slots: Slots, book: TrialBook) -> dict[int, int]:
+    """Build the Tuner (or restore it from `job.tune_path`), run every trial; Tune's events go to `book`.
+
+    Tune's state is written atomically (tune_storage). A restored pruner is given back the
+    statistics of the trials that ended before (`job.pruner_history`). Returns how many trials
+    the pruner saw at each number of folds done, over the whole sweep.
+    """
     trainable = tune.with_resources(tune.with_parameters(run_trial, inputs=inputs), slots.resources)
     callback = TrialsToMlflow(book, total=job.trials, replays=list(inputs.replays))
-    with tune_environment():
-        if job.resume and tune.Tuner.can_restore(job.tune_path):
-            tuner = tune.Tuner.restore(job.tune_path, trainable, resume_unfinished=True,
-                                       resume_errored=False, restart_errored=False)
+    fs = atomic_local_filesystem()
+    with tune_environment(job.trials):
+        if job.resume and tune.Tuner.can_restore(job.tune_path, storage_filesystem=fs):
+            tuner = tune.Tuner.restore(job.tune_path, trainable, resume_unfinished=True, resume_errored=False,
+                                       restart_errored=False, storage_filesystem=fs)
             # private: Tuner.restore has no `callbacks=` (nor `run_config=`) argument and a Tuner has no
             # public run-config accessor (ray-project/ray#41364); the restored run config holds the
-            # pickled, book-less callback, so the live book is put in its place here.
+            # pickled, book-less callback, so the live book is put in its place here. Likewise the
+            # restored pruner is the one pickled when the sweep began: empty.
             tuner._local_tuner.get_run_config().callbacks = [callback]
+            scheduler = tuner._local_tuner._tune_config.scheduler
+            seed_pruner(scheduler, job.pruner_history, replaying=list(inputs.replays))
         else:
+            scheduler = make_scheduler(job.pruner, inputs.n_folds, spare_baselines=len(job.search.baselines))
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    metric=SCORE, mode="max", search_alg=make_searcher(job.space, job.seed, inputs.n_folds, job.baseline),
-                    scheduler=make_scheduler(job.pruner, inputs.n_folds, spare_baseline=bool(job.baseline)),
-                    num_samples=job.trials,
+                    metric=SCORE, mode="max", search_alg=make_searcher(job.search, inputs.n_folds),
+                    scheduler=scheduler, num_samples=job.trials,
                     max_concurrent_trials=slots.concurrency, reuse_actors=True, time_budget_s=job.timeout),
                 run_config=tune.RunConfig(name=Path(job.tune_path).name, storage_path=str(Path(job.tune_path).parent),
-                                          verbose=0, callbacks=[callback],
+                                          storage_filesystem=fs, verbose=0, callbacks=[callback],
                                           failure_config=tune.FailureConfig(max_failures=0)))
         tuner.fit()
+    return rung_counts(scheduler)
 
 
 # --------------------------------------------------------------------------- Tune's trial events -> the sweep's book
@@ -381,12 +329,6 @@ class TrialsToMlflow(Callback):
         if self.book is not None:
             unfinished = len(trials) < self.total or any(t.status not in ("TERMINATED", "ERROR") for t in trials)
             self.book.experiment_end(unfinished)
-
-
-def creation_index(trial: Any) -> int | None:
-    """0, 1, ... in the order Tune created the trials from the searcher's suggestions ("3_lr=0.1" -> 2)."""
-    head = str(getattr(trial, "experiment_tag", "") or "").split("_", 1)[0]
-    return int(head) - 1 if head.isdigit() and int(head) > 0 else None
 
 
 def error_line(trial: Any) -> str:

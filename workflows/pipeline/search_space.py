@@ -112,3 +112,43 @@ def to_optuna(dist: ParamDist) -> Any:
     if dist.kind == "int":
         return IntDistribution(int(dist.low), int(dist.high), log=dist.log, step=int(dist.step or 1))
     return FloatDistribution(float(dist.low), float(dist.high), log=dist.log, step=dist.step)
+
+
+# --------------------------------------------------------------------------- where a space key applies
+
+MODEL_KEY = "model"  # the trial's choice of model in a multi-model study (search.models)
+SCOPES = ("steps", "ensemble")  # dotted keys that address something other than a model's params
+
+
+@dataclass(frozen=True)
+class SpaceKey:
+    """What a `search.space` key sets: a model's param (`lgbm.num_leaves`, or `num_leaves` with one
+    tuned model), or a param of another scope (`steps.ratios.eps`); commands say which they take."""
+
+    key: str  # as written in the spec (also the trial's param name)
+    scope: str  # "model" | one of SCOPES
+    owner: str | None  # the model's (or step's) name; None: the one tuned model
+    param: str
+
+
+def split_key(key: str, models: tuple[str, ...] = ()) -> SpaceKey:
+    """Read a space key. `models`: the study's models when it has several (then a model key needs its prefix)."""
+    head, _, rest = key.partition(".")
+    if rest and head in models:
+        return SpaceKey(key=key, scope="model", owner=head, param=rest)
+    if rest and head in SCOPES:
+        owner, _, param = rest.partition(".")
+        return SpaceKey(key=key, scope=head, owner=owner if param else None, param=param or owner)
+    return SpaceKey(key=key, scope="model", owner=None, param=key)
+
+
+def grid_values(dist: ParamDist) -> list[Any] | None:
+    """Every value the distribution can take, for a grid (None: a continuous range, which has no grid)."""
+    if dist.kind == "categorical":
+        return list(dist.choices)
+    if dist.kind == "int":
+        return list(range(int(dist.low), int(dist.high) + 1, int(dist.step or 1)))
+    if dist.step is None:
+        return None
+    n = int(math.floor((dist.high - dist.low) / dist.step + 1e-9))
+    return [round(dist.low + i * dist.step, 12) for i in range(n + 1)]

@@ -14,8 +14,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from foldwise.infra.storage import is_uri, join, outputs_root
-from foldwise.tasks.data import PreparedData, prepare_data
+from foldwise.tasks.data import PreparedData, prepare_data, prepare_frames
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.sweep_report import best_of, counts
@@ -26,11 +28,15 @@ from foldwise.workflows.commands.sweep.state import SweepState, resolve_storage,
 from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.executor import RayExecutor, make_executor
 from foldwise.workflows.engine.tune import Replay, TrialInputs, TuneJob, plan_slots, report_points, run_tuner
-from foldwise.workflows.errors import RunFailed, TaskFailed
+from foldwise.workflows.engine.tune_search import SearchConfig
+from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
 from foldwise.workflows.pipeline.dag import fold_plan, node_keys
 from foldwise.workflows.pipeline.inputs import Inputs, usable_tracking_uri, validate_inputs
+from foldwise.workflows.pipeline.preflight import preflight
 from foldwise.workflows.pipeline.provenance import code_version, git_commit
+from foldwise.workflows.pipeline.search_space import MODEL_KEY
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
+from foldwise.workflows.pipeline.steps import run_steps
 from foldwise.workflows.tracking import tracker as tk
 from foldwise.workflows.tracking.sweep_book import MlflowWriter, SweepBook, TrialRecord, end_open_trials, reconcile
 
@@ -39,7 +45,7 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
               concurrency: int | None = None, timeout: float | None = None, resume: str | None = None,
               out: str | Path | None = None, tracking_uri: str | None = None, address: str | None = None,
               storage: str | None = None, progress: bool = False, no_cache: bool = False,
-              cache_root: str | None = None) -> SweepResult:
+              cache_root: str | None = None, register: str | None = None) -> SweepResult:
     """The Python API of `foldwise sweep` (`resume`: None, "latest", or the sweep's parent run id).
 
     `out`: the outputs' folder (or URI); default `$FOLDWISE_OUTPUTS` (or outputs/) / spec name /
@@ -49,6 +55,8 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
     if not isinstance(spec, WorkflowSpec):
         spec = load_spec(spec, overrides)
     plan = plan_sweep(spec, trials, concurrency, timeout)
+    if register and not plan.refit:
+        raise InputError("--register registers the refit's model: set search.refit: true (or drop --register)")
     inputs = validate_inputs(spec)
     storage_root = resolve_storage(storage)
     prior: SweepState | None = None
@@ -58,12 +66,14 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
         uri = prior.tracking_uri
     else:
         uri = usable_tracking_uri(tracking_uri, spec)
+    preflight(spec, task=inputs.task, out=out, cache_root=cache_root, address=address)
 
     ex = make_executor("ray", address)
     assert isinstance(ex, RayExecutor)
     try:
         return _sweep(spec, plan, inputs, ex, prior, out=out, uri=uri, storage_root=storage_root,
-                      progress=progress, no_cache=no_cache, cache_root=cache_root, wall_start=wall_start)
+                      progress=progress, no_cache=no_cache, cache_root=cache_root, wall_start=wall_start,
+                      register=register)
     finally:
         ex.close()
 
@@ -73,6 +83,9 @@ def _prepare(ex: RayExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
     """The data and the fold plan, once, in the object store (from the cache when `foldwise run` made them)."""
     keys = node_keys(spec, inputs, [model], version)
     data, plan = cache.get("data", keys.data), cache.get("plan", keys.plan)
+    if data is None and keys.steps is not None:  # the spec's frame steps first: trials fit on their columns
+        data = prepare_frames(inputs.data, *run_steps(ex, cache, spec, inputs, keys.steps)[0])
+        cache.put("data", keys.data, data)
     data_ref = ex.put(data) if data is not None else ex.submit(prepare_data, inputs.data, name="prepare")
     if plan is None:
         plan = fold_plan(spec, inputs)  # on the driver, from the validated target and groups
@@ -84,6 +97,19 @@ def _prepare(ex: RayExecutor, cache: Cache, spec: WorkflowSpec, inputs: Inputs, 
     return data, plan, data_ref, plan_ref
 
 
+def pruner_history(adopted: Sequence[TrialRecord], replays: dict[str, Replay]) -> tuple[tuple[str, tuple[float, ...]], ...]:
+    """What the trials that ended before a resume reported to the pruner: their running score after each fold.
+
+    Trials that replay report again themselves; failed and interrupted ones reported nothing that counts.
+    """
+    out = []
+    for rec in adopted:
+        if rec.state in ("completed", "pruned") and rec.trial_id not in replays and rec.fold_scores:
+            scores = [rec.fold_scores[k] for k in sorted(rec.fold_scores)]
+            out.append((rec.trial_id, tuple(float(np.mean(scores[:i + 1])) for i in range(len(scores)))))
+    return tuple(out)
+
+
 def _absolute(target: str) -> str:
     """A local outputs folder as an absolute path (what `--resume` writes to); a URI as it is."""
     return target if is_uri(target) else str(Path(target.removeprefix("file://")).resolve())
@@ -91,23 +117,23 @@ def _absolute(target: str) -> str:
 
 def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor, prior: SweepState | None, *,
            out: str | Path | None, uri: str, storage_root: Path, progress: bool, no_cache: bool,
-           cache_root: str | None, wall_start: float) -> SweepResult:
+           cache_root: str | None, wall_start: float, register: str | None = None) -> SweepResult:
     phases: dict[str, float] = {"validate_and_start": time.perf_counter() - wall_start}
     tick = time.perf_counter()
-    version = code_version([plan.model])
+    version = code_version(list(plan.models) or [plan.model])
     cache = Cache(cache_root, enabled=not no_cache)
     try:
         data, folds, data_ref, plan_ref = _prepare(ex, cache, spec, inputs, plan.model, version)
     except TaskFailed as e:
         raise RunFailed(f"{e.task}: {e.error}", None) from None
-    n_folds = folds.n_folds
+    n_folds = folds.n_splits  # repeated CV: every repeat x fold is a step of the trial
     slots = plan_slots(plan.model, n_folds, parallel_folds=plan.parallel_folds, concurrency=plan.concurrency)
     phases["prepare"] = time.perf_counter() - tick
     tick = time.perf_counter()
     tracker = tk.Tracker(uri, spec.experiment)
     reader = tk.RunReader(uri)
     tags = {tk.TAG_COMMAND: "sweep", tk.TAG_GIT: git_commit(), tk.TAG_CODE: version} | tk.process_tags()
-    facts = {tk.TAG_MODEL: plan.model.name, tk.TAG_FOLDS_HASH: folds.hash, tk.TAG_DATA: data.fingerprint}
+    facts = {tk.TAG_MODEL: ",".join(m.name for m in plan.models) or plan.model.name, tk.TAG_FOLDS_HASH: folds.hash, tk.TAG_DATA: data.fingerprint}
     if prior is None:
         tracker.fail_abandoned_runs()
         parent = tracker.start_run(f"sweep-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", {**tags, **facts})
@@ -129,6 +155,7 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
                 "task": inputs.task, "metric": inputs.metric, "cv.scheme": inputs.scheme,
                 "sweep.trials": plan.trials, "sweep.concurrency": slots.concurrency,
                 "sweep.parallel_fold_bundles": slots.bundles, "sweep.timeout": plan.timeout,
+                "sweep.sampler": plan.sampler, "sweep.sampler_seed": plan.sampler_seed,
                 "sweep.storage": state.tune_path})
         else:
             target = str(out) if out else prior.out_dir
@@ -149,12 +176,17 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
             trial_inputs = TrialInputs(data=data_ref, plan=plan_ref, model=plan.model, metric=inputs.metric,
                                        seed=spec.cv.seed, n_folds=n_folds, parallel_folds=plan.parallel_folds,
                                        bundles=slots.bundles, report_at=report_points(plan.pruner, n_folds),
-                                       replays=replays)
-            job = TuneJob(tune_path=state.tune_path, space=plan.distributions(), seed=plan.seed, pruner=plan.pruner,
-                          trials=plan.trials, timeout=plan.timeout, resume=prior is not None, baseline=plan.baseline)
-            run_tuner(job, trial_inputs, slots, book)
+                                       replays=replays, models={m.name: m for m in plan.models},
+                                       choice_key=MODEL_KEY if plan.multi else None)
+            search = SearchConfig(space=plan.search_space(), seed=plan.sampler_seed, sampler=plan.sampler,
+                                  objectives=plan.objectives, grid=plan.grid, storage=plan.storage,
+                                  study_name=f"{spec.name}-{parent}", baselines=plan.baselines)
+            job = TuneJob(tune_path=state.tune_path, search=search, pruner=plan.pruner, trials=plan.trials,
+                          timeout=plan.timeout, resume=prior is not None,
+                          pruner_history=pruner_history(adopted, replays))
+            rungs = run_tuner(job, trial_inputs, slots, book)
             writer.flush()
-            bar.update(book)
+            bar.update(book, force=True)
         phases["tune"] = time.perf_counter() - tick
         if book.interrupted:
             raise KeyboardInterrupt
@@ -166,10 +198,10 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
             first = next((o.error for o in outcomes if o.error), None)
             raise RunFailed(f"no trial completed ({c['failed']} failed, {c['pruned']} pruned, {c['stopped']} stopped"
                             + (f"; first error: {first}" if first else "") + ")", parent)
-        ctx = SweepContext(spec=spec, plan=plan, inputs=inputs, folds=folds, data_fingerprint=data.fingerprint,
+        ctx = SweepContext(spec=spec, plan=plan, inputs=inputs, folds=folds, data_fingerprint=data.fingerprint, rungs=rungs,
                            tracker=tracker, parent=parent, state=state, out=target, slots=slots,
                            startup_seconds=ex.startup_seconds, tracking_uri=uri, wall_start=wall_start, phases=phases,
-                           progress=progress, no_cache=no_cache, cache_root=cache_root)
+                           progress=progress, no_cache=no_cache, cache_root=cache_root, register=register)
         result = finish(ctx, outcomes, best)
         ok = True
         return result

@@ -6,22 +6,38 @@ import json
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from foldwise.infra import storage
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.report import write_json
-from foldwise.tasks.sweep_report import FINAL_STATES, TrialOutcome, counts, importances, study_of, trials_frame, write_plots
+from foldwise.tasks.sweep_report import (
+    FINAL_STATES,
+    TrialOutcome,
+    best_per_model,
+    counts,
+    importances,
+    pareto_front,
+    plot_sample,
+    study_of,
+    trials_frame,
+    write_plots,
+)
 from foldwise.workflows.commands.sweep.plan import SweepPlan
 from foldwise.workflows.commands.sweep.state import SweepState
 from foldwise.workflows.engine.tune import BASELINE_TRIAL, Slots
 from foldwise.workflows.pipeline.cross_validation import cross_validate
 from foldwise.workflows.pipeline.inputs import Inputs
 from foldwise.workflows.pipeline.plan import plan_run
+from foldwise.workflows.pipeline.search_space import MODEL_KEY
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec, to_yaml
 from foldwise.workflows.tracking import tracker as tk
+
+TAG_PARETO = "foldwise.pareto"  # "true" on the trial runs of a multi-objective sweep's Pareto front
+PLOT_TRIALS = 400  # the history and parallel-coordinate plots show at most this many trials ...
+PLOT_KEEP_BEST = 50  # ... always the best ones among them
 
 
 @dataclass(frozen=True)
@@ -55,9 +71,11 @@ class SweepContext:
     tracking_uri: str
     wall_start: float  # perf_counter at the command's start
     phases: dict[str, float]  # seconds per phase so far; finish adds its own
+    rungs: dict[int, int] = field(default_factory=dict)  # trials the pruner saw per folds done, over the whole sweep
     progress: bool = False  # the refit's options, as `foldwise run` takes them
     no_cache: bool = False
     cache_root: str | None = None
+    register: str | None = None  # the refit's logged model becomes a new version of this registered model
 
 
 def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) -> SweepResult:
@@ -65,17 +83,23 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
     spec, plan, tracker, parent, folds, phases = ctx.spec, ctx.plan, ctx.tracker, ctx.parent, ctx.folds, ctx.phases
     tick = time.perf_counter()
     out_dir = storage.staging_folder(ctx.out)  # `ctx.out` itself, or a local folder uploaded to it at the end
-    study = study_of(outcomes, plan.distributions())
-    plots, skipped = write_plots(study, out_dir / "plots", plan.seed, ctx.inputs.metric)
-    importance = importances(study, plan.seed)
+    dists = plan.distributions()
+    study = study_of(plot_sample(outcomes, PLOT_TRIALS, PLOT_KEEP_BEST), dists, plan.objectives)
+    plots, skipped = write_plots(study, out_dir / "plots", plan.seed, ctx.inputs.metric, plan.objectives)
+    importance = importances(study_of(outcomes, dists, plan.objectives), plan.seed)
+    front = pareto_front(outcomes, plan.objectives) if len(plan.objectives) > 1 else []
+    for o in front:
+        if o.run_id:
+            tracker.log(o.run_id, tags={TAG_PARETO: "true"})
+    per_model = best_per_model(outcomes, MODEL_KEY) if plan.multi else {}
     trials_csv = out_dir / "trials.csv"
-    trials_frame(outcomes, folds.n_folds).to_csv(trials_csv, index=False)
+    trials_frame(outcomes, folds.n_splits).to_csv(trials_csv, index=False)
     c = counts(outcomes)
     phases["plots"] = time.perf_counter() - tick
     refit_summary = None
     if plan.refit:
         tick = time.perf_counter()
-        refit_summary = refit(ctx, best, storage.join(ctx.out, "refit"))
+        refit_summary = refit(ctx, best, per_model, storage.join(ctx.out, "refit"))
         tracker.log(refit_summary["run_id"], tags={"foldwise.refit_of": parent, "foldwise.best_trial_run": best.run_id or ""})
         phases["refit"] = time.perf_counter() - tick
     (out_dir / "spec.yaml").write_text(to_yaml(spec))
@@ -86,17 +110,24 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
         "tracking_uri": ctx.tracking_uri,
         "metric": ctx.inputs.metric,
         "greater_is_better": True,
-        "model": plan.model.name,
-        "folds": {"scheme": folds.scheme, "n": folds.n_folds, "seed": folds.seed, "hash": folds.hash},
+        "model": [m.name for m in plan.models] if plan.multi else plan.model.name,
+        "sampler": {"name": plan.sampler, "seed": plan.sampler_seed},
+        "objectives": list(plan.objectives),
+        "optuna_storage": {"url": plan.storage, "study": f"{spec.name}-{parent}"} if plan.storage else None,
+        "folds": {"scheme": folds.scheme, "n": folds.n_folds, "seed": folds.seed, "hash": folds.hash, "repeats": folds.repeats},
         "data_fingerprint": ctx.data_fingerprint,
         "space": dict(spec.search.space) if spec.search else {},
         "pruner": plan.pruner,
+        "pruner_rungs": {str(k): v for k, v in ctx.rungs.items()},
         "parallel_folds": plan.parallel_folds,
         "concurrency": ctx.slots.concurrency,
         "best": {"params": best.params, "cv_score": best.cv_score,
                  "fold_scores": [best.fold_scores[k] for k in sorted(best.fold_scores)],
                  "run_id": best.run_id, "trial": best.number},
+        "best_per_model": {name: _trial(o) for name, o in per_model.items()} if plan.multi else None,
+        "pareto_front": [_trial(o) for o in front] if len(plan.objectives) > 1 else None,
         "baseline_trial": baseline_trial(plan, outcomes),
+        "baseline_trials": [baseline_trial(plan, outcomes, i) for i in range(len(plan.baselines))],
         "baseline_skipped": dict(plan.baseline_skipped),
         "trials": c,
         "trials_requested": plan.trials,
@@ -121,17 +152,24 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
                        outcomes=tuple(outcomes))
 
 
-def baseline_trial(plan: SweepPlan, outcomes: list[TrialOutcome]) -> dict[str, Any] | None:
-    """Trial 0, enqueued with the spec's own params (None when no space key had one inside the space).
+def _trial(o: TrialOutcome) -> dict[str, Any]:
+    """A trial as summary.json lists it (the best per model, the Pareto front)."""
+    return {"trial": o.number, "run_id": o.run_id, "params": dict(o.params), "cv_score": o.cv_score,
+            "costs": dict(o.costs)}
+
+
+def baseline_trial(plan: SweepPlan, outcomes: list[TrialOutcome], index: int = BASELINE_TRIAL) -> dict[str, Any] | None:
+    """Trial `index` (0 unless several models each have one), enqueued with the spec's own params
+    (None when no space key had one inside the space).
 
     When it completes, the best is at least its score: a sweep never ends worse than where it started.
     """
-    if not plan.baseline:
+    if index >= len(plan.baselines):
         return None
-    attempts = [o for o in outcomes if o.number == BASELINE_TRIAL]
+    point = plan.baselines[index]
+    attempts = [o for o in outcomes if o.number == index]
     if not attempts:  # --timeout ended the sweep before it started
-        return {"number": BASELINE_TRIAL, "params": dict(plan.baseline), "state": "not run", "cv_score": None,
-                "run_id": None}
+        return {"number": index, "params": dict(point), "state": "not run", "cv_score": None, "run_id": None}
     o = next((a for a in attempts if a.state in FINAL_STATES), attempts[-1])
     return {"number": o.number, "params": dict(o.params), "state": o.state, "cv_score": o.cv_score, "run_id": o.run_id}
 
@@ -146,14 +184,31 @@ def artifact_view(out_dir: Path) -> Path:
     return view
 
 
-def refit(ctx: SweepContext, best: TrialOutcome, out: str) -> dict[str, Any]:
-    """The best params through the whole `foldwise run` graph (OOF, test predictions, submission), as a child run."""
+def refit(ctx: SweepContext, best: TrialOutcome, per_model: dict[str, TrialOutcome], out: str) -> dict[str, Any]:
+    """The best params through the whole `foldwise run` graph (OOF, test predictions, submission), as a child run.
+
+    Several models in one study: each model's best trial, and their ensemble (the spec's method
+    over the models that completed a trial).
+    """
     plan = ctx.plan
     raw = ctx.spec.model_dump(mode="json")
-    raw["models"][plan.model_index]["params"] = {**raw["models"][plan.model_index]["params"], **best.params}
+    if not plan.multi:
+        raw["models"][plan.model_index]["params"] = {**raw["models"][plan.model_index]["params"], **best.params}
+    else:
+        keep = [i for i, m in zip(plan.model_indices, plan.models, strict=True) if m.name in per_model]
+        for i in keep:
+            name = raw["models"][i]["name"]
+            own = {k.removeprefix(f"{name}."): v for k, v in per_model[name].params.items() if k.startswith(f"{name}.")}
+            raw["models"][i]["params"] = {**raw["models"][i]["params"], **own}
+        raw["models"] = [raw["models"][i] for i in keep]
+        if raw["ensemble"].get("models"):
+            raw["ensemble"]["models"] = [m for m in raw["ensemble"]["models"] if m in per_model] or None
     run_plan = plan_run(load_spec(raw), ctx.tracking_uri)
     result = cross_validate(run_plan, out=out, progress=ctx.progress, no_cache=ctx.no_cache, cache_root=ctx.cache_root,
-                            parent_run_id=ctx.parent, run_name="refit")
+                            parent_run_id=ctx.parent, run_name="refit", register=ctx.register)
     s = result.summary
-    return {"run_id": s["run_id"], "params": best.params, "cv_score": s["models"][plan.model.name]["cv_score"],
-            "ensemble_cv_score": s["ensemble"]["cv_score"], "out_dir": out, "outputs": s["outputs"]}
+    name = str(best.params.get(MODEL_KEY, plan.model.name))
+    return {"run_id": s["run_id"], "params": best.params, "cv_score": s["models"][name]["cv_score"],
+            "models": {m: v["cv_score"] for m, v in s["models"].items()},
+            "ensemble_cv_score": s["ensemble"]["cv_score"], "out_dir": out, "outputs": s["outputs"],
+            "model": s.get("model")}

@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from foldwise.tasks.models import ModelConfig
+from foldwise.workflows.engine.tune_search import ConditionalSpace
 from foldwise.workflows.errors import InputError
 from foldwise.workflows.pipeline.inputs import model_param_problem
 from foldwise.workflows.pipeline.plan import model_config
-from foldwise.workflows.pipeline.search_space import ParamDist, parse_space, to_optuna
+from foldwise.workflows.pipeline.search_space import (
+    MODEL_KEY,
+    ParamDist,
+    SpaceKey,
+    grid_values,
+    parse_space,
+    split_key,
+    to_optuna,
+)
 from foldwise.workflows.pipeline.spec import WorkflowSpec
 
 
@@ -20,9 +31,9 @@ from foldwise.workflows.pipeline.spec import WorkflowSpec
 class SweepPlan:
     """Everything the sweep needs, checked at the edge."""
 
-    model: ModelConfig  # the tuned model with the spec's fixed params
+    model: ModelConfig  # the tuned model with the spec's fixed params (several: the one that sizes the slots)
     model_index: int
-    space: tuple[ParamDist, ...]
+    space: tuple[ParamDist, ...]  # named by their space keys (`lgbm.num_leaves` with several models)
     trials: int
     concurrency: int | None  # None -> what the cluster holds
     timeout: float | None
@@ -34,14 +45,42 @@ class SweepPlan:
     # (the baseline trial), so a sweep's best is never worse than the untuned model
     baseline: dict[str, Any] = field(default_factory=dict)
     baseline_skipped: dict[str, str] = field(default_factory=dict)  # space key -> why it is not in `baseline`
+    models: tuple[ModelConfig, ...] = ()  # several models in one study (search.models); () for one
+    model_indices: tuple[int, ...] = ()
+    keys: tuple[SpaceKey, ...] = ()  # what each space entry sets, in the space's order
+    sampler: str = "tpe"
+    sampler_seed: int = 0
+    objectives: tuple[str, ...] = ("cv_score",)
+    storage: str | None = None
+    grid: dict[str, list[Any]] | None = None
+    baselines: tuple[dict[str, Any], ...] = ()  # enqueued first, in order: one per model with a point
+
+    @property
+    def multi(self) -> bool:
+        return bool(self.models)
 
     def distributions(self) -> dict[str, Any]:
-        """The space as Optuna distributions (the searcher's, and the study the plots are drawn from)."""
-        return {d.name: to_optuna(d) for d in self.space}
+        """The space as Optuna distributions, flat (the study the plots are drawn from); the model's choice too."""
+        out = {d.name: to_optuna(d) for d in self.space}
+        if self.multi:
+            from optuna.distributions import CategoricalDistribution
+
+            out = {MODEL_KEY: CategoricalDistribution([m.name for m in self.models]), **out}
+        return out
+
+    def search_space(self) -> Any:
+        """What the searcher samples: the flat space, or a define-by-run space with several models."""
+        if not self.multi:
+            return self.distributions()
+        per_model = tuple((m.name, tuple((d.name, to_optuna(d)) for d, k in zip(self.space, self.keys, strict=True)
+                                         if k.owner == m.name)) for m in self.models)
+        return ConditionalSpace(choice_key=MODEL_KEY, per_model=per_model)
 
     def typed_params(self, raw: dict[str, str]) -> dict[str, Any]:
         """MLflow keeps params as text; give them back their types from the space."""
         out: dict[str, Any] = {}
+        if self.multi and MODEL_KEY in raw:
+            out[MODEL_KEY] = raw[MODEL_KEY]
         for d in self.space:
             if d.name not in raw:
                 continue
@@ -62,31 +101,102 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
     if search is None:
         raise InputError("spec has no search section; add search: {model: NAME, space: {PARAM: {loguniform: [LOW, HIGH]}}}")
     names = [m.name for m in spec.models]
-    if search.model is None and len(names) > 1:
-        raise InputError(f"search.model: name the model to tune (one of {', '.join(names)})")
-    index = names.index(search.model) if search.model is not None else 0
+    if search.models is not None and search.model is not None:
+        raise InputError("search: give search.model (one model) or search.models (several in one study), not both")
+    if search.model is None and search.models is None and len(names) > 1:
+        raise InputError(f"search.model: name the model to tune (one of {', '.join(names)}), "
+                         "or list several in search.models")
+    if search.models is not None and (not search.models or len(set(search.models)) != len(search.models)):
+        raise InputError(f"search.models: list each model once, at least one (got {search.models})")
     if not search.space:
         raise InputError("search.space is empty; name at least one parameter, e.g. learning_rate: {loguniform: [0.01, 0.3]}")
+    tuned = tuple(search.models or ())
     space = parse_space(search.space)
-    m = spec.models[index]
-    for dist in space:
+    keys = tuple(split_key(d.name, tuned) for d in space)
+    for dist, key in zip(space, keys, strict=True):
+        where = f"search.space.{dist.name}"
         if "/" in dist.name:
-            raise InputError(f"search.space.{dist.name}: a parameter name cannot contain '/'")
-        problem = model_param_problem(m.type, m.estimator, {dist.name: dist.example})
+            raise InputError(f"{where}: a parameter name cannot contain '/'")
+        if key.scope == "steps":  # refused by name: frame steps change the data every trial reads
+            raise InputError(f"{where}: frame-step params are not searchable by `foldwise sweep` yet; try values with "
+                             "`foldwise run --set steps.INDEX.params.NAME=VALUE` (each step value is cached)")
+        if key.scope != "model":
+            raise InputError(f"{where}: {key.scope} params cannot be searched by sweep (model params only)")
+        if tuned and key.owner is None:
+            raise InputError(f"{where}: with search.models, say whose param it is ({', '.join(f'{m}.{dist.name}' for m in tuned)})")
+        m = spec.models[names.index(key.owner or search.model or names[0])]
+        problem = model_param_problem(m.type, m.estimator, {key.param: dist.example})
         if problem:
-            raise InputError(f"search.space.{dist.name}: {problem}")
+            raise InputError(f"{where}: {problem}")
     if trials is not None and trials < 1:
         raise InputError(f"--trials must be at least 1 (got {trials})")
     if concurrency is not None and concurrency < 1:
         raise InputError(f"--concurrency must be at least 1 (got {concurrency})")
     if timeout is not None and timeout <= 0:
         raise InputError(f"--timeout must be > 0 seconds (got {timeout})")
-    model = model_config(m)
-    baseline, skipped = baseline_point(model.params, space)
-    return SweepPlan(model=model, model_index=index, space=space, trials=trials or search.trials,
-                     concurrency=concurrency, timeout=timeout, pruner=search.pruner,
-                     parallel_folds=search.parallel_folds, refit=search.refit, seed=spec.cv.seed,
-                     baseline=baseline, baseline_skipped=skipped)
+    objectives = tuple(search.objectives)
+    grid = _grid(search.sampler, space, tuned)
+    n_trials = trials or search.trials
+    if grid is not None:
+        n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))  # a grid has no more points to try
+    if search.sampler == "cmaes" and len(objectives) > 1:
+        raise InputError(f"search.sampler cmaes: optimises one objective; with search.objectives {list(objectives)} "
+                         "use nsga2, tpe, gp or random")
+    _check_storage(search.storage)
+    needs = {"cmaes": "cmaes", "gp": "torch"}.get(search.sampler)
+    if needs and importlib.util.find_spec(needs) is None:
+        raise InputError(f"search.sampler {search.sampler}: needs the package {needs} "
+                         "(pip install 'foldwise[samplers]')")
+    common = dict(trials=n_trials, concurrency=concurrency, timeout=timeout, pruner=search.pruner,
+                  parallel_folds=search.parallel_folds, refit=search.refit, seed=spec.cv.seed, keys=keys,
+                  sampler=search.sampler, sampler_seed=spec.cv.seed if search.seed is None else search.seed,
+                  objectives=objectives, storage=search.storage, grid=grid)
+    if not tuned:
+        index = names.index(search.model) if search.model is not None else 0
+        model = model_config(spec.models[index], spec.preprocess)
+        baseline, skipped = baseline_point(model.params, space)
+        # a grid takes an enqueued point only whole (every key), and then as one of its points
+        whole = bool(baseline) and (grid is None or len(baseline) == len(space))
+        return SweepPlan(model=model, model_index=index, space=space, baseline=baseline, baseline_skipped=skipped,
+                         baselines=(baseline,) if whole else (), **common)
+    indices = tuple(names.index(n) for n in tuned)
+    models = tuple(model_config(spec.models[i], spec.preprocess) for i in indices)
+    baselines, skipped = [], {}
+    for m in models:
+        own = tuple(replace(d, name=k.param) for d, k in zip(space, keys, strict=True) if k.owner == m.name)
+        point, why = baseline_point(m.params, own)
+        skipped.update({f"{m.name}.{p}": w for p, w in why.items()})
+        if point:
+            baselines.append({MODEL_KEY: m.name, **{f"{m.name}.{p}": v for p, v in point.items()}})
+    widest = max(range(len(models)), key=lambda i: (models[i].gpus, models[i].cpus))
+    return SweepPlan(model=models[widest], model_index=indices[widest], space=space, baseline_skipped=skipped,
+                     models=models, model_indices=indices, baselines=tuple(baselines), **common)
+
+
+def _grid(sampler: str, space: tuple[ParamDist, ...], tuned: tuple[str, ...]) -> dict[str, list[Any]] | None:
+    """The grid sampler's points per key (every key needs a finite set), or None for other samplers."""
+    if sampler != "grid":
+        return None
+    if tuned:
+        raise InputError("search.sampler grid: one model per grid (a grid over several models' params would "
+                         "repeat each model's points); use random or tpe with search.models")
+    grid = {}
+    for d in space:
+        values = grid_values(d)
+        if values is None:
+            raise InputError(f"search.space.{d.name}: search.sampler grid needs a finite set of values; "
+                             "give the range a step (uniform: [0.1, 0.5], step: 0.1) or use categorical")
+        grid[d.name] = values
+    return grid
+
+
+def _check_storage(url: str | None) -> None:
+    """An sqlite storage's folder must exist (Optuna would fail only once the sweep had started)."""
+    if url is None or not url.startswith("sqlite:///"):
+        return
+    path = Path(url.removeprefix("sqlite:///"))
+    if not path.parent.exists():
+        raise InputError(f"search.storage {url}: folder {path.parent} does not exist")
 
 
 def baseline_point(params: dict[str, Any], space: tuple[ParamDist, ...]) -> tuple[dict[str, Any], dict[str, str]]:

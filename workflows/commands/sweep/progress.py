@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from foldwise.tasks.sweep_report import best_of, counts
+import time
+
+import numpy as np
+
 from foldwise.workflows.tracking.sweep_book import SweepBook
+
+REDRAW_SECONDS = 0.2  # at most five redraws a second, however fast trials end
 
 
 class SweepProgress:
@@ -13,6 +18,7 @@ class SweepProgress:
         self.enabled, self.total, self.metric = enabled, total, metric
         self._progress = None
         self._task = None
+        self._drawn = 0.0
 
     def __enter__(self) -> SweepProgress:
         if self.enabled:
@@ -25,10 +31,11 @@ class SweepProgress:
             self._task = self._progress.add_task("", total=self.total)
         return self
 
-    def update(self, book: SweepBook) -> None:
-        if self._progress is None:
+    def update(self, book: SweepBook, force: bool = False) -> None:
+        if self._progress is None or (not force and time.monotonic() - self._drawn < REDRAW_SECONDS):
             return
-        self._progress.update(self._task, completed=len(book.ended()), description=describe(book, self.metric))
+        self._drawn = time.monotonic()
+        self._progress.update(self._task, completed=book.tally()["total"], description=describe(book, self.metric))
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
@@ -36,8 +43,9 @@ class SweepProgress:
 
 
 def describe(book: SweepBook, metric: str) -> str:
-    c = counts(book.outcomes())
-    best = best_of(book.outcomes())
-    best_text = f"best {best.cv_score:.5f} (trial {best.number})" if best else "none completed yet"
-    return (f"{c['completed']} completed, {c['pruned']} pruned, {c['failed']} failed, "
-            f"{sum(not r.replaying for r in book.live.values())} running; {best_text}")
+    """The live line's text, from the book's running tallies (no pass over every trial)."""
+    c = book.tally()
+    best = book.best
+    best_text = (f"best {float(np.mean(list(best.fold_scores.values()))):.5f} (trial {best.number})" if best
+                 else "none completed yet")
+    return f"{c['completed']} completed, {c['pruned']} pruned, {c['failed']} failed, {book.running} running; {best_text}"
