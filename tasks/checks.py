@@ -96,9 +96,17 @@ def frame_errors(train: pd.DataFrame, config: DataConfig, other: Side | None = N
     if config.groups in train.columns and train[config.groups].isna().any():
         err("groups_missing_values", config.groups, f"data.groups: column {config.groups!r} has "
             f"{int(train[config.groups].isna().sum())} missing value(s)")
+    features = [c for c in feature_columns(list(train.columns), config) if c != config.image]
+    if len(train) and features and all(train[c].isna().all() for c in features):
+        err("features_all_missing", None, f"data.train: every feature column of {config.train!r} is entirely missing "
+            f"(NaN): {_names(features)}; nothing to learn from")
     if other is not None:
         out += _other_side_errors(train, config, other)
     return tuple(out)
+
+
+def _names(columns: list[str], n: int = 6) -> str:
+    return ", ".join(columns[:n]) + (f", ... ({len(columns)} in all)" if len(columns) > n else "")
 
 
 def _target_errors(target: pd.Series, name: str) -> list[Finding]:

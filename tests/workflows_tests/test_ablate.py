@@ -105,14 +105,14 @@ def test_one_prepare_task_per_command(runs: dict) -> None:
     # after `foldwise run` the prepared data and the plan come from the cache: no prepare task at all
     assert "prepare_data" not in reused and "plan_folds" not in reused
     assert reused["train_fold"] == 3 * 2 * FOLDS
-    assert reused["blend"] == 3 and fresh["blend"] == 4, "the baseline's ensemble is the run's, from the cache"
+    assert reused["blend_repeats"] == 3 and fresh["blend_repeats"] == 4, "the baseline's ensemble is the run's, from the cache"
 
 
 def test_an_unchanged_rerun_fits_nothing_and_never_starts_ray(ws: Path, runs: dict) -> None:
     before = fits(ws / "fits.log")
     again = run_ablation(ws / "spec.yaml", n_boot=500, executor="ray", **_kw(ws, "again")).summary
     assert fits(ws / "fits.log") == before and again["startup_seconds"] == 0.0
-    assert set(again["dag"]["nodes_run"]) == {"paired_delta"}, "only the statistics are recomputed, in-process"
+    assert set(again["dag"]["nodes_run"]) == {"fold_bootstrap"}, "only the statistics are recomputed, in-process"
     first = runs["ablate"].summary["variants"]
     assert [(v["dropped"], v["delta"], v["delta_ci"], v["verdict"]) for v in again["variants"]] == [
         (v["dropped"], v["delta"], v["delta_ci"], v["verdict"]) for v in first], "same seed, same intervals"

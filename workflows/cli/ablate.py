@@ -1,4 +1,4 @@
-"""`foldwise ablate SPEC [--groups a,b] [--models m1,m2]`: what each feature group is worth."""
+"""`foldwise ablate SPEC [--groups a,b] [--steps s1,s2|all] [--models m1,m2]`: what each feature group is worth."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from foldwise.workflows.cli.main import EXIT_OK, add_common_arguments, bad_input
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     p.add_argument("--groups", help="comma-separated names from features.groups to ablate (default: every group)")
+    p.add_argument("--steps", help="comma-separated frame steps (steps:) to ablate, or 'all': each variant drops the "
+                   "columns a step and its descendants made (default: none; alone, without features.groups, only steps)")
     p.add_argument("--models", help="comma-separated model names to use (default: every model of the spec)")
     p.add_argument("--bootstrap", type=int, default=None, metavar="N",
                    help="bootstrap resamples for the 95%% intervals (default 1000; 200 for metrics without a closed form)")
@@ -24,7 +26,7 @@ def command(args: argparse.Namespace) -> int:
     from foldwise.workflows.errors import InputError, RunFailed, SpecError
 
     try:
-        result = run_ablation(args.spec, groups=_names(args.groups), models=_names(args.models),
+        result = run_ablation(args.spec, groups=_names(args.groups), steps=_names(args.steps), models=_names(args.models),
                               overrides=args.overrides, out=args.out, tracking_uri=args.tracking_uri,
                               address=args.address, executor=args.executor, progress=not args.no_progress,
                               no_cache=args.no_cache, cache_root=args.cache_root, n_boot=args.bootstrap,

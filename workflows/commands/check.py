@@ -34,6 +34,7 @@ from foldwise.tasks.drift import (
 from foldwise.tasks.report import write_json
 from foldwise.workflows.errors import InputError
 from foldwise.workflows.pipeline.inputs import DataFindings, Inputs, data_findings, usable_tracking_uri, validate_inputs
+from foldwise.workflows.pipeline.preflight import preflight
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class CheckResult:
 
 def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None = None, overrides: Sequence[str] = (),
               out: str | Path | None = None, tracking_uri: str | None = None, address: str | None = None,
-              executor: str = "ray", folds: int | None = None, max_rows: int = 200_000) -> CheckResult:
+              executor: str = "auto", folds: int | None = None, max_rows: int = 200_000) -> CheckResult:
     """The Python API of `foldwise check` (same data as summary.json, plus typed results).
 
     Raises SpecError/InputError before anything starts or is logged, RunFailed when a
@@ -90,13 +91,15 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
         spec = load_spec(spec, overrides)
     reference = _resolve_reference(reference)
     inputs = validate_inputs(spec)
-    findings = data_findings(spec, inputs, reference)
+    frames = _stepped(spec, inputs, reference)
+    findings = data_findings(spec, inputs, reference, frames)
     if findings.errors:
         raise InputError(findings.first_error_line())
     uri = usable_tracking_uri(tracking_uri, spec)
+    preflight(spec, task=inputs.task, out=out, address=address, executor=executor, uses_cache=False)
     n_folds = folds or spec.cv.folds
     ex = LazyExecutor(executor, address)
-    handles = _submit(ex, spec, inputs, reference, n_folds, max_rows)  # runs while MLflow is set up below
+    handles = _submit(ex, spec, inputs, reference, n_folds, max_rows, frames)  # runs while MLflow is set up below
     tracker = tk.Tracker(uri, spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "check", tk.TAG_GIT: git_commit(), tk.TAG_CODE: code_version()} | tk.process_tags()
@@ -145,22 +148,54 @@ class _Handles:
     drift: Any
 
 
+def _stepped(spec: WorkflowSpec, inputs: Inputs, reference: str | None) -> tuple | None:
+    """The frames the checks see when the spec has frame steps: train and the other side (test, or
+    --reference) through the steps, so leaks and drift in the steps' columns are found too."""
+    if not spec.steps:
+        return None
+    from foldwise.tasks.data import DataError, read_table
+    from foldwise.workflows.pipeline.steps import stepped_in_process
+
+    other = reference or spec.data.test
+    try:
+        train, side = read_table(spec.data.train), read_table(other) if other else None
+    except DataError as e:
+        raise InputError(f"data: {e}") from None
+    return stepped_in_process(spec, inputs, train, side)
+
+
 def _submit(ex: Any, spec: WorkflowSpec, inputs: Inputs, reference: str | None, n_folds: int,
-            max_rows: int) -> _Handles | None:
+            max_rows: int, frames: tuple | None = None) -> _Handles | None:
     """prepare(train, other) -> stack once -> one adversarial_fold per fold; feature_drift beside them.
 
     The id and groups columns are left out: ids differ between sides by construction,
     and the question is whether the *features* differ.
     """
     from foldwise.tasks.data import prepare_data
-    from foldwise.workflows.engine.executor import Slot
+    from foldwise.workflows.engine.executor import Slot, Work
 
     other = reference or spec.data.test
     if other is None:
         return None
     d = inputs.data
     config = replace(d, test=other, id=None, groups=None, drop=d.drop + tuple(c for c in (d.id, d.groups) if c))
-    prepared = ex.submit(prepare_data, config, name="prepare")
+    if frames is not None:  # the frame steps' output, already on the driver
+        from foldwise.tasks.data import DataError, prepare_frames
+
+        try:
+            data = prepare_frames(config, frames[0], frames[1])
+        except DataError as e:
+            raise InputError(f"data: {e}") from None
+        rows = len(data.y) + (len(data.X_test) if data.X_test is not None else 0)
+        ex.expect(Work(rows=min(rows, max_rows), features=len(data.columns), fits=n_folds))
+        prepared = ex.put(data)
+    elif ex.kind == "auto":  # prepared here, its size settles where the folds run (small: in this process)
+        data = ex.run(prepare_data, config, name="prepare")
+        rows = len(data.y) + (len(data.X_test) if data.X_test is not None else 0)
+        ex.expect(Work(rows=min(rows, max_rows), features=len(data.columns), fits=n_folds))
+        prepared = ex.put(data)
+    else:
+        prepared = ex.submit(prepare_data, config, name="prepare")
     stacked = ex.submit(adversarial_dataset, prepared, n_folds, spec.cv.seed, max_rows, name="adversarial_dataset")
     folds = [ex.submit(adversarial_fold, stacked, k, spec.cv.seed, slot=Slot(cpus=1), name=f"adversarial_fold[fold={k}]")
              for k in range(n_folds)]

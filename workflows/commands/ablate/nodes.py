@@ -18,13 +18,15 @@ from foldwise.tasks.ablation import (
     paired_delta,
     permutation_importance_fold,
 )
+from foldwise.tasks.bootstrap import fold_bootstrap
 from foldwise.tasks.models import ModelConfig
+from foldwise.tasks.repeats import oof_by_repeat
 from foldwise.tasks.train import FoldResult
 from foldwise.workflows.commands.ablate.plan import BASELINE, AblationPlan, Variant, node_name
 from foldwise.workflows.engine.cache import Cache, key_of
 from foldwise.workflows.engine.executor import LazyExecutor, Slot
 from foldwise.workflows.errors import TaskFailed
-from foldwise.workflows.pipeline.dag import assemble_oof, collect_folds, ensemble_node
+from foldwise.workflows.pipeline.dag import collect_folds, ensemble_node
 from foldwise.workflows.pipeline.inputs import Inputs
 from foldwise.workflows.pipeline.plan import RunPlan
 from foldwise.workflows.pipeline.provenance import tasks_version
@@ -55,7 +57,7 @@ class AblationDag:
     data: Any  # PreparedData
     plan: Any  # FoldPlan
     folds: dict[str, list[FoldResult]]  # node name -> results in fold order
-    headline: dict[str, tuple[np.ndarray, list[float]]]  # variant -> (ensemble OOF, fold scores)
+    headline: dict[str, tuple[list[np.ndarray], list[float]]]  # variant -> (ensemble OOF per repeat, split scores)
     stats: dict[str, dict[str | None, PairedDelta]]  # variant -> {None: headline, model: per model}
     importance: dict[str, dict[str, GroupImportance] | None]  # model -> group -> importance
     cached: dict[str, list[bool]]  # node name -> per fold: from the cache
@@ -75,97 +77,110 @@ def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation
     headline = {}
     for v in variants:
         ens, _ = ensemble_node(ex, cache, spec, inputs, keys, [node_name(v, by_name[n]) for n in ens_names], folds,
-                           data, plan)
-        headline[v.name] = (ens.oof, list(ens.fold_scores))
+                           data, plan, tuple(v.columns))
+        headline[v.name] = (list(ens.repeat_oof) or [ens.oof], list(ens.fold_scores))  # OOF per repeat
     phases["ensembles"] = time.perf_counter() - tick
 
-    tick = time.perf_counter()
+    tick = time.perf_counter()  # importance tasks queue first, the bootstrap's behind them: no idle slot between
     groups = {v.name: v.columns for v in variants[1:]}
-    importance = permutation_importance(ex, cache, sub, data, plan, base, folds, keys, groups, inputs.metric, spec.cv.seed,
-                             repeats)
-    phases["permutation_importance"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
+    pending = submit_importance(ex, cache, sub, data, plan, base, folds, keys, groups, inputs.metric, spec.cv.seed,
+                                repeats)
     stats = paired_statistics(ex, spec, inputs, data, plan, base, variants, folds, headline, n_boot,
                         sole=ens_names[0] if len(ens_names) == 1 else None)
-    phases["statistics"] = time.perf_counter() - tick
-    cached = {node: [(node, k) in sub.cached for k in range(plan.n_folds)] for node in folds}
+    importance = pending.gather(ex, cache)
+    phases["statistics_and_importance"] = time.perf_counter() - tick
+    cached = {node: [(node, k) in sub.cached for k in range(plan.n_splits)] for node in folds}
     return AblationDag(data=data, plan=plan, folds=folds, headline=headline, stats=stats, importance=importance,
                        cached=cached, phases=phases)
 
 
 def paired_statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, data: Any, plan: Any,
                 base: list[ModelConfig], variants: list[Variant], folds: dict[str, list[FoldResult]],
-                headline: dict[str, tuple[np.ndarray, list[float]]], n_boot: int,
+                headline: dict[str, tuple[list[np.ndarray], list[float]]], n_boot: int,
                 sole: str | None) -> dict[str, dict[str | None, PairedDelta]]:
     """paired_delta of every variant vs the baseline: its headline (key None) and each model.
 
-    Tasks in parallel when the executor is up anyway, else here; with a one-model
-    ensemble the headline is that model, computed once.
+    One fold_bootstrap per comparison set (the headline, each model) x fold: it draws that fold's
+    resamples and scores the baseline once for every variant, so all variants are judged on the
+    same resamples. Tasks in parallel when the executor is up anyway, else here; with a
+    one-model ensemble the headline is that model, computed once.
     """
     y = data.y
-    oof = {node: assemble_oof(rs, len(y)) for node, rs in folds.items()}
-    calls: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, int]] = {}
-    for i, v in enumerate(variants[1:], 1):
-        seed = spec.cv.seed + i  # one resampling stream per variant, shared by its comparisons
-        if sole is None:
-            calls[(v.name, None)] = (headline[BASELINE][0], headline[v.name][0], seed)
-        for m in base:
-            calls[(v.name, m.name)] = (oof[m.name], oof[node_name(v, m)], seed)
+    oof = {node: oof_by_repeat(rs, plan, len(y)) for node, rs in folds.items()}  # one array per repeat
+    sets: dict[str | None, tuple[list[np.ndarray], dict[str, list[np.ndarray]]]] = {}
+    if sole is None:
+        sets[None] = (headline[BASELINE][0], {v.name: headline[v.name][0] for v in variants[1:]})
+    for m in base:
+        sets[m.name] = (oof[m.name], {v.name: oof[node_name(v, m)] for v in variants[1:]})
+    seed = spec.cv.seed
+    calls = {}
+    for key, (b, vs) in sets.items():
+        for k in range(plan.n_splits):  # every repeat x fold
+            rows, r = plan.valid_rows(k), k // plan.n_folds
+            calls[(key, k)] = (inputs.metric, data.task, y[rows], b[r][rows], {n: v[r][rows] for n, v in vs.items()},
+                               n_boot, (seed, k))
     if ex.started:
-        y_ref, plan_ref = ex.put(y), ex.put(plan)
-        handles = {ex.submit(paired_delta, inputs.metric, data.task, y_ref, plan_ref, b, vv, n_boot, seed,
-                             name=f"paired_delta[variant={key[0]}, model={key[1] or 'ensemble'}]"): key
-                   for key, (b, vv, seed) in calls.items()}
+        handles = {ex.submit(fold_bootstrap, *args, name=f"fold_bootstrap[model={key or 'ensemble'}, fold={k}]"):
+                   (key, k) for (key, k), args in calls.items()}
         try:
-            done = {handles[h]: r for h, r in ex.as_completed(list(handles))}
+            drawn = {handles[h]: r for h, r in ex.as_completed(list(handles))}
         except TaskFailed:
             ex.cancel(list(handles))
             raise
     else:
-        done = {key: ex.run(paired_delta, inputs.metric, data.task, y, plan, b, vv, n_boot, seed, name="paired_delta")
-                for key, (b, vv, seed) in calls.items()}
+        drawn = {ck: ex.run(fold_bootstrap, *args, name="fold_bootstrap") for ck, args in calls.items()}
     stats: dict[str, dict[str | None, PairedDelta]] = {v.name: {} for v in variants[1:]}
-    for (variant, model), result in done.items():
-        stats[variant][model] = result
+    for key, (b, vs) in sets.items():
+        for name, v in vs.items():
+            boot = sum(drawn[(key, k)][name] for k in range(plan.n_splits)) / plan.n_splits
+            stats[name][key] = paired_delta(inputs.metric, data.task, y, plan, b, v, n_boot, seed, boot=boot)
     if sole is not None:
         for per_model in stats.values():
             per_model[None] = per_model[sole]
     return stats
 
 
-def permutation_importance(ex: CountingExecutor, cache: Cache, sub: Any, data: Any, plan: Any, base: list[ModelConfig],
-                folds: dict[str, list[FoldResult]], keys: Any, groups: dict[str, tuple[str, ...]], metric: str,
-                seed: int, repeats: int) -> dict[str, dict[str, GroupImportance] | None]:
+@dataclass
+class PendingImportance:
+    """permutation_importance_fold results: from the cache, or tasks still running."""
+
+    results: list[FoldImportance]
+    todo: dict[Any, str]  # handle -> cache key
+
+    def gather(self, ex: CountingExecutor, cache: Cache) -> dict[str, dict[str, GroupImportance] | None]:
+        from foldwise.tasks.ablation import summarise_importance
+
+        try:
+            for handle, fi in ex.as_completed(list(self.todo)):
+                cache.put("importance", self.todo[handle], fi)
+                self.results.append(fi)
+        except TaskFailed:
+            ex.cancel(list(self.todo))
+            raise
+        return summarise_importance(sorted(self.results, key=lambda f: (f.model, f.fold)))
+
+
+def submit_importance(ex: CountingExecutor, cache: Cache, sub: Any, data: Any, plan: Any, base: list[ModelConfig],
+                      folds: dict[str, list[FoldResult]], keys: Any, groups: dict[str, tuple[str, ...]], metric: str,
+                      seed: int, repeats: int) -> PendingImportance:
     """One permutation_importance_fold per baseline model x fold (cached by the fold's key): re-predicts, never refits."""
-    from foldwise.tasks.ablation import summarise_importance
 
     def key(m: ModelConfig, k: int) -> str:
         return key_of("importance", keys.folds[(m.name, k)], sorted(groups.items()), metric, seed, repeats,
                       tasks_version())
 
-    results: list[FoldImportance] = []
-    todo: dict[Any, tuple[ModelConfig, int]] = {}
+    pending = PendingImportance(results=[], todo={})
     data_ref = plan_ref = None
     for m in base:
         for k, r in enumerate(folds[m.name]):
             hit = cache.get("importance", key(m, k))
             if hit is not None:
-                results.append(hit)
+                pending.results.append(hit)
                 continue
             if data_ref is None:
                 data_ref = sub.prepared if sub.prepared is not None else ex.put(data)
                 plan_ref = sub.plan_handle if sub.plan_handle is not None else ex.put(plan)
             handle = ex.submit(permutation_importance_fold, data_ref, plan_ref, r, groups, metric, seed, repeats,
                                slot=Slot(m.cpus, m.gpus), name=f"permutation_importance[model={m.name}, fold={k}]")
-            todo[handle] = (m, k)
-    try:
-        for handle, fi in ex.as_completed(list(todo)):
-            m, k = todo[handle]
-            cache.put("importance", key(m, k), fi)
-            results.append(fi)
-    except TaskFailed:
-        ex.cancel(list(todo))
-        raise
-    return summarise_importance(sorted(results, key=lambda f: (f.model, f.fold)))
-
+            pending.todo[handle] = key(m, k)
+    return pending
