@@ -1,0 +1,194 @@
+"""`foldwise predict` against the loop a user would write: unpickle the same fold models, predict,
+average, blend; one process.
+
+A run (5 stratified folds of a scaled logistic regression and LightGBM, `weights` ensemble) is
+trained on `--train-rows` x `--features`; then `--rows` new rows (Parquet) are predicted by
+
+* the loop: one Python process reads the file, then for each model and fold unpickles the fold's
+  fitted adapter (the very bytes the run logged) and predicts all rows; fold mean; weighted blend;
+* `foldwise predict RUN DATA` (whole process: interpreter, imports, Ray start-up included), its
+  in-command figures (`wall_seconds`, `startup_seconds`) beside it.
+
+Both outputs are checked equal (to 1e-12) before any figure is reported. Memory: the summed PSS
+(proportional set size: shared pages split between the processes sharing them, so Ray's object
+store counts once) of the whole process tree, sampled every 0.1 s; "from the data" is that peak
+minus the same command's peak on a 1,000-row file (interpreter, libraries, Ray's processes and
+workers), against one copy of the data (rows x features x 8 bytes).
+
+Usage: python benchmarks/predict.py [--rows 1000000] [--features 40] [--train-rows 50000] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+
+LOOP = """
+import pickle, sys, time
+import numpy as np, pandas as pd
+start = time.perf_counter()
+models, weights = pickle.load(open(sys.argv[1], "rb"))   # {name: [fitted adapter bytes per fold]}, {name: weight}
+X = pd.read_parquet(sys.argv[2]).drop(columns=["id"]).astype("float64")
+preds = {}
+for name, folds in models.items():
+    preds[name] = np.mean([pickle.loads(b).predict(X) for b in folds], axis=0)
+ens = sum(w * preds[n] for n, w in weights.items() if w > 0)
+np.save(sys.argv[3], ens)
+print(time.perf_counter() - start)
+"""
+
+
+def make_data(folder: Path, rows: int, train_rows: int, features: int, seed: int = 0) -> tuple[Path, Path, Path]:
+    rng = np.random.default_rng(seed)
+    beta = rng.normal(size=features) * (rng.uniform(size=features) < 0.5)
+
+    def frame(n: int, with_target: bool) -> pd.DataFrame:
+        X = rng.normal(size=(n, features))
+        f = pd.DataFrame(X, columns=[f"f{j:02d}" for j in range(features)])
+        f.insert(0, "id", np.arange(n))
+        if with_target:
+            f["y"] = (X @ beta + rng.normal(size=n) > 0).astype(int)
+        return f
+
+    folder.mkdir(parents=True, exist_ok=True)
+    train, big, small = folder / "train.parquet", folder / "new.parquet", folder / "new_small.parquet"
+    frame(train_rows, True).to_parquet(train, index=False)
+    new = frame(rows, False)
+    new.to_parquet(big, index=False)
+    new.head(1000).to_parquet(small, index=False)
+    return train, big, small
+
+
+def tree_pss(pid: int) -> int:
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return total
+
+
+def timed(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
+    """(wall seconds, peak summed PSS of the process tree, stdout) of one whole process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ | {"PYTHONPATH": str(REPO)})
+    peak = [0]
+
+    def sample() -> None:
+        while proc.poll() is None:
+            peak[0] = max(peak[0], tree_pss(proc.pid))
+            time.sleep(0.1)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    out, err = proc.communicate()
+    wall = time.perf_counter() - start
+    t.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]} failed: {err[-2000:]}")
+    return wall, peak[0], out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--features", type=int, default=40)
+    ap.add_argument("--train-rows", type=int, default=50_000)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "predict")
+    args = ap.parse_args()
+    out = args.out.resolve()
+    train, big, small = make_data(out, args.rows, args.train_rows, args.features)
+    uri = f"sqlite:///{out / 'mlflow.db'}"
+    spec = {"name": "bench-predict", "data": {"train": str(train), "target": "y", "id": "id"},
+            "cv": {"scheme": "stratified", "folds": 5, "seed": 0}, "ensemble": {"method": "weights"},
+            "models": [{"name": "logreg", "type": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression",
+                        "params": {"max_iter": 1000}, "preprocess": ["standard_scaler"]},
+                       {"name": "lgbm", "type": "lightgbm", "params": {"n_estimators": 200, "num_leaves": 31}}]}
+    from foldwise.tasks.predictor import Predictor  # noqa: F401 - the pickled run model
+    from foldwise.workflows.commands.run import run_cv
+    from foldwise.workflows.tracking.logged_model import find_model
+
+    run = run_cv(spec, out=out / "run", tracking_uri=uri, executor="ray")
+    p, _ = find_model(uri, run.run_id)
+    loop_models = out / "loop_models.pkl"
+    import pickle
+
+    with open(loop_models, "wb") as f:
+        pickle.dump(({n: [fm.fitted for fm in folds] for n, folds in p.models.items()}, p.blend.weights), f)
+    (out / "loop.py").write_text(LOOP)
+
+    def loop(data: Path) -> tuple[float, int, float]:
+        wall, peak, stdout = timed([sys.executable, str(out / "loop.py"), str(loop_models), str(data),
+                                    str(out / "loop_pred.npy")], out)
+        return wall, peak, float(stdout.strip().splitlines()[-1])
+
+    def fw(data: Path, tag: str) -> tuple[float, int, dict]:
+        wall, peak, _ = timed([sys.executable, "-m", "foldwise", "predict", str(out / "run"), str(data),
+                               "--out", str(out / f"fw-{tag}"), "--no-progress"], out)
+        return wall, peak, json.loads((out / f"fw-{tag}" / "summary.json").read_text())
+
+    base_loop, base_fw = loop(small)[1], fw(small, "small")[1]
+    rounds = []
+    for _ in range(args.repeats):  # alternated, so drift in the machine's load hits both sides
+        rounds.append((loop(big), fw(big, "big")))
+    got = pd.read_csv(out / "fw-big" / "predictions.csv")["1"].to_numpy()
+    want = np.load(out / "loop_pred.npy")
+    assert np.max(np.abs(got - want)) <= 1e-12, np.max(np.abs(got - want))
+
+    med = statistics.median
+    loop_wall, loop_inner = med(r[0][0] for r in rounds), med(r[0][2] for r in rounds)
+    fw_wall = med(r[1][0] for r in rounds)
+    fw_cmd, fw_start = med(r[1][2]["wall_seconds"] for r in rounds), med(r[1][2]["startup_seconds"] for r in rounds)
+    loop_peak, fw_peak = max(r[0][1] for r in rounds), max(r[1][1] for r in rounds)
+    one_copy = args.rows * args.features * 8
+    mib = 2 ** 20
+    lines = [
+        f"## foldwise predict vs the plain loop ({platform.machine()}, {os.cpu_count()} cores; {args.rows} x "
+        f"{args.features} new rows; 5 folds x (logreg + LightGBM 200 trees), weights; median of {args.repeats})",
+        "",
+        "| what | wall s | vs loop |",
+        "|---|---:|---:|",
+        f"| plain loop, whole process | {loop_wall:.2f} | 1.00x |",
+        f"| plain loop, read + predict only | {loop_inner:.2f} | {loop_inner / loop_wall:.2f}x |",
+        f"| foldwise predict, whole process | {fw_wall:.2f} | {fw_wall / loop_wall:.2f}x |",
+        f"| foldwise predict, in command (summary wall_seconds) | {fw_cmd:.2f} | {fw_cmd / loop_wall:.2f}x |",
+        f"| of which Ray start-up | {fw_start:.2f} | |",
+        f"| foldwise in command without Ray start-up, vs the loop's read + predict | {fw_cmd - fw_start:.2f} | "
+        f"{(fw_cmd - fw_start) / loop_inner:.2f}x |",
+        "",
+        "| peak memory, summed PSS of the process tree | MiB | from the data (minus the 1,000-row run) | vs one copy |",
+        "|---|---:|---:|---:|",
+        f"| plain loop | {loop_peak / mib:.0f} | {(loop_peak - base_loop) / mib:.0f} | {(loop_peak - base_loop) / one_copy:.2f}x |",
+        f"| foldwise predict (chunks of 250000) | {fw_peak / mib:.0f} | {(fw_peak - base_fw) / mib:.0f} | "
+        f"{(fw_peak - base_fw) / one_copy:.2f}x |",
+        f"| one copy of the data | {one_copy / mib:.0f} | | |",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    (out / "result.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

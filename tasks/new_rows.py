@@ -1,0 +1,95 @@
+"""New rows for a trained run (`foldwise predict`): read in bounded chunks, and their drift from
+the training data measured as they stream past.
+
+Reading only the columns the models need, a chunk at a time, keeps memory to about a chunk
+whatever the file's size. Drift is the population stability index of `foldwise check`
+(tasks.drift.psi) on the same bins, counted chunk by chunk against the run's reference sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from foldwise.tasks.data import DataError
+from foldwise.tasks.drift import PSI_BINS, PSI_MAJOR, PSI_MODERATE, psi
+from foldwise.tasks.predictor import Predictor
+
+
+def read_chunks(source: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """`columns` of a .csv/.csv.gz/.tsv/.parquet file, `chunk_rows` rows at a time."""
+    lower = source.lower()
+    try:
+        if lower.endswith((".parquet", ".pq")):
+            import pyarrow.parquet as pq
+
+            f = pq.ParquetFile(source)
+            for batch in f.iter_batches(batch_size=chunk_rows, columns=columns):
+                yield batch.to_pandas()
+            return
+        if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            yield from pd.read_csv(source, usecols=columns, chunksize=chunk_rows, sep="\t" if lower.endswith(".tsv") else ",")
+            return
+    except FileNotFoundError:
+        raise DataError(f"data file {source!r} does not exist") from None
+    raise DataError(f"data file {source!r}: unsupported format (use .csv, .csv.gz, .tsv or .parquet)")
+
+
+def count_rows(source: str) -> int | None:
+    """Rows of a Parquet file from its footer (None for text files: counting would read them)."""
+    if source.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(source).metadata.num_rows)
+    return None
+
+
+@dataclass
+class DriftCounter:
+    """Per feature, counts of the new rows over the bins `foldwise check` uses (train quantiles +
+    a missing bin; categorical levels + missing), accumulated chunk by chunk."""
+
+    predictor: Predictor
+    edges: dict[str, np.ndarray] = field(default_factory=dict)
+    expected: dict[str, np.ndarray] = field(default_factory=dict)
+    actual: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ref = self.predictor.reference
+        for j, col in enumerate(self.predictor.columns):
+            x = ref[:, j]
+            if self.predictor.kinds[col] == "categorical":
+                self.edges[col] = np.empty(0)
+            else:
+                ok = ~np.isnan(x)
+                qs = np.quantile(x[ok], np.linspace(0, 1, PSI_BINS + 1)[1:-1]) if ok.any() else np.empty(0)
+                self.edges[col] = np.unique(qs)
+            self.expected[col] = self._counts(col, x)
+            self.actual[col] = np.zeros_like(self.expected[col])
+
+    def _counts(self, col: str, x: np.ndarray) -> np.ndarray:
+        ok = ~np.isnan(x)
+        if self.predictor.kinds[col] == "categorical":
+            n = len(self.predictor.categories[col]) + 1
+            return np.bincount(np.where(ok, np.nan_to_num(x), n - 1).astype(np.int64), minlength=n)
+        edges = self.edges[col]
+        n = len(edges) + 2
+        b = np.where(ok, np.searchsorted(edges, np.where(ok, x, 0.0), side="right"), n - 1)
+        return np.bincount(b, minlength=n)
+
+    def add(self, X: np.ndarray) -> None:
+        for j, col in enumerate(self.predictor.columns):
+            self.actual[col] += self._counts(col, X[:, j])
+
+    def psi(self) -> dict[str, float]:
+        """Feature -> PSI of the rows added so far against the training sample, largest first."""
+        out = {col: psi(self.expected[col], self.actual[col]) for col in self.predictor.columns}
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+    def warnings(self) -> list[str]:
+        """One line per feature whose PSI says it moved (>= the moderate threshold of `foldwise check`)."""
+        return [f"drift: feature {col!r} PSI {v:.3f} ({'major' if v >= PSI_MAJOR else 'moderate'}) against the training data"
+                for col, v in self.psi().items() if v >= PSI_MODERATE]
