@@ -10,9 +10,10 @@ resampled with replacement (within each class for classification, so every resam
 keeps the fold's class mix), the baseline and the variant are scored on the *same*
 resample, and the fold deltas are averaged exactly as `cv_score` averages fold scores;
 the interval is the 2.5-97.5 percentiles. It measures how much of the delta is noise in
-which rows were held out, given the fitted models. The t-interval over the fold deltas
-is reported beside it; with few folds it is wide, and folds share training rows, so it
-is not the verdict's interval.
+which rows were held out, given the fitted models. The t-interval over the split deltas
+(every repeat x fold) is reported beside it: the corrected repeated k-fold t (Nadeau-Bengio
+variance, since folds share training rows), with `p_corrected`; with few folds it is wide, and
+it is not the verdict's interval.
 
 Permutation importance is a different, weaker measure: it shuffles a group's columns
 in the held-out rows of the already fitted baseline models (no refit), so it says how
@@ -25,7 +26,6 @@ Plain functions, no Ray, no MLflow.
 
 from __future__ import annotations
 
-import math
 import pickle
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,10 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+from foldwise.tasks.bootstrap import bootstrap_deltas, fold_bootstrap
 from foldwise.tasks.data import PreparedData
 from foldwise.tasks.features import fit_vocabulary, frame
+from foldwise.tasks.fold_steps import fitted_fold_steps
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.metrics import score
+from foldwise.tasks.repeats import corrected_t_test
 from foldwise.tasks.train import FoldResult
 
 VERDICTS = ("helps", "hurts", "neutral")
@@ -51,7 +54,6 @@ IMPORTANCE_MEASURE = (
     "held-out rows of the fitted baseline fold models (no refit); measures the models' reliance on the group, "
     "a different and weaker measure than the ablation delta"
 )
-_CHUNK_CELLS = 4_000_000  # bootstrap resamples are scored in blocks of at most this many cells
 
 
 class GroupError(ValueError):
@@ -123,13 +125,29 @@ class PairedDelta:
     fold_deltas: tuple[float, ...]
     delta: float  # mean of fold_deltas = cv_score(variant) - cv_score(baseline)
     ci: tuple[float, float] | None  # paired bootstrap over OOF rows (None: too few valid resamples)
-    ci_t: tuple[float, float] | None  # t over fold deltas, for reference (None with < 2 folds)
+    ci_t: tuple[float, float] | None  # corrected repeated k-fold t interval, for reference (None with < 2 splits)
     verdict: str  # helps | hurts | neutral
+    p_corrected: float = float("nan")  # corrected repeated k-fold t-test (Nadeau-Bengio variance), every repeat x fold
 
 
-def fold_scores(metric: str, task: str, y: np.ndarray, plan: FoldPlan, oof: np.ndarray) -> list[float]:
-    """Per fold: the metric on its held-out rows (as `train_fold` and the ensemble score them)."""
-    return [score(metric, task, y[rows], oof[rows]) for rows in (plan.valid_rows(k) for k in range(plan.n_folds))]
+def fold_scores(metric: str, task: str, y: np.ndarray, plan: FoldPlan, oof: np.ndarray | Sequence[np.ndarray]) -> list[float]:
+    """Per split (repeat x fold): the metric on its held-out rows (as `train_fold` and the ensemble
+    score them). `oof`: one array, or with repeats one array per repeat."""
+    per = per_repeat(oof, plan)
+    return [score(metric, task, y[rows], per[s // plan.n_folds][rows])
+            for s, rows in ((s, plan.valid_rows(s)) for s in range(plan.n_splits))]
+
+
+def per_repeat(oof: np.ndarray | Sequence[np.ndarray], plan: FoldPlan) -> list[np.ndarray]:
+    """OOF as one array per repeat: a plan of several repeats needs each repeat's own OOF (their
+    mean is no repeat's prediction)."""
+    if isinstance(oof, np.ndarray):
+        if plan.repeats > 1:
+            raise ValueError(f"the plan has {plan.repeats} repeats: pass one OOF array per repeat")
+        return [oof]
+    if len(oof) != plan.repeats:
+        raise ValueError(f"{len(oof)} OOF arrays for a plan of {plan.repeats} repeats")
+    return list(oof)
 
 
 def verdict_of(ci: tuple[float, float] | None) -> str:
@@ -144,123 +162,49 @@ def verdict_of(ci: tuple[float, float] | None) -> str:
     return "neutral"
 
 
-def paired_delta(metric: str, task: str, y: np.ndarray, plan: FoldPlan, baseline: np.ndarray, variant: np.ndarray,
-                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> PairedDelta:
-    """Fold deltas, their mean, the paired row bootstrap interval (see the module docstring) and the verdict."""
+def paired_delta(metric: str, task: str, y: np.ndarray, plan: FoldPlan, baseline: np.ndarray | Sequence[np.ndarray],
+                 variant: np.ndarray | Sequence[np.ndarray], n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+                 boot: np.ndarray | None = None) -> PairedDelta:
+    """Split deltas (every repeat x fold), their mean, the paired row bootstrap interval (see the
+    module docstring), the corrected repeated k-fold t-test and the verdict (from the bootstrap).
+
+    `boot`: the (n_boot,) bootstrap deltas when already drawn (`paired_deltas`, `fold_bootstrap`)."""
     base_scores = fold_scores(metric, task, y, plan, baseline)
     var_scores = fold_scores(metric, task, y, plan, variant)
     d = np.asarray(var_scores) - np.asarray(base_scores)
     tail = (1 - level) / 2
     ci_t = None
-    if len(d) > 1:
-        from scipy import stats
-
-        half = float(stats.t.ppf(1 - tail, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d)))
-        ci_t = (float(d.mean() - half), float(d.mean() + half))
+    _, p_corrected, interval = corrected_t_test(d, plan.n_folds, level)
+    if len(d) > 1 and not np.isnan(interval[0]):
+        ci_t = (float(interval[0]), float(interval[1]))
     ci = None
     if n_boot > 0:
-        boot = bootstrap_deltas(metric, task, y, plan, baseline, variant, n_boot, seed)
+        if boot is None:
+            boot = bootstrap_deltas(metric, task, y, plan, baseline, variant, n_boot, seed)
         ok = boot[~np.isnan(boot)]
         if len(ok) >= max(10, n_boot // 2):
             lo, hi = np.percentile(ok, [100 * tail, 100 * (1 - tail)])
             ci = (float(lo), float(hi))
     return PairedDelta(fold_deltas=tuple(float(x) for x in d), delta=float(d.mean()), ci=ci, ci_t=ci_t,
-                       verdict=verdict_of(ci))
+                       verdict=verdict_of(ci), p_corrected=p_corrected)
 
 
-def bootstrap_deltas(metric: str, task: str, y: np.ndarray, plan: FoldPlan, baseline: np.ndarray,
-                     variant: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """(n_boot,) mean over folds of score(variant) - score(baseline) on the same within-fold resample.
-
-    A resample is a row of counts over the fold's rows (how often each row was drawn),
-    so both predictions are scored on exactly the same rows.
-    """
-    rng = np.random.default_rng(seed)
-    total = np.zeros(n_boot)
-    for k in range(plan.n_folds):
-        rows = plan.valid_rows(k)
-        yk = y[rows]
-        strata = [np.flatnonzero(yk == c) for c in np.unique(yk)] if task != "regression" else [np.arange(len(rows))]
-        step = max(1, _CHUNK_CELLS // max(len(rows), 1))
-        for start in range(0, n_boot, step):
-            counts = resample_counts(rng, strata, len(rows), min(step, n_boot - start))
-            total[start:start + len(counts)] += (weighted_scores(metric, task, yk, variant[rows], counts)
-                                                 - weighted_scores(metric, task, yk, baseline[rows], counts))
-    return total / plan.n_folds
-
-
-def resample_counts(rng: np.random.Generator, strata: Sequence[np.ndarray], n: int, b: int) -> np.ndarray:
-    """(b, n) draw counts: each stratum's rows drawn with replacement, as many times as it has rows."""
-    counts = np.zeros(b * n, dtype=np.int64)
-    offsets = (np.arange(b) * n)[:, None]
-    for s in strata:
-        drawn = s[rng.integers(0, len(s), size=(b, len(s)))]
-        counts += np.bincount((drawn + offsets).ravel(), minlength=b * n)
-    return counts.reshape(b, n)
-
-
-def weighted_scores(metric: str, task: str, y: np.ndarray, pred: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Per row of `counts` (b, n): the score of the resample that repeats row i counts[., i] times.
-
-    The same values as `tasks.metrics.score` on `np.repeat`ed rows, in closed form for the
-    common metrics (bootstrap speed; equality is tested); other metrics call the scorer
-    once per resample. NaN where the metric is undefined on a resample.
-    """
-    w = counts.astype(np.float64)
-    n_drawn = w.sum(axis=1)
-    per_row = _per_row_loss(metric, task, y, pred)
-    if per_row is not None:
-        return w @ per_row / n_drawn
-    if metric == "roc_auc" and task == "binary":
-        return _weighted_auc(y, pred, w)
-    if task == "regression" and metric == "neg_root_mean_squared_error":
-        return -np.sqrt(w @ ((y - pred) ** 2) / n_drawn)
-    if task == "regression" and metric == "r2":
-        yc, pc = y - y.mean(), pred - y.mean()  # r2 is shift-invariant; centring keeps the sums exact
-        mean = w @ yc / n_drawn
-        ss_tot = w @ (yc ** 2) - n_drawn * mean ** 2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return np.where(ss_tot > 0, 1 - w @ ((yc - pc) ** 2) / ss_tot, np.nan)
-    out = np.full(len(counts), np.nan)
-    for i, c in enumerate(counts):
-        idx = np.repeat(np.arange(len(y)), c)
-        try:
-            out[i] = score(metric, task, y[idx], pred[idx])
-        except (ValueError, ZeroDivisionError, IndexError):
-            pass  # undefined on this resample: NaN, dropped by the caller
-    return out
-
-
-def _per_row_loss(metric: str, task: str, y: np.ndarray, pred: np.ndarray) -> np.ndarray | None:
-    """Metrics that are a mean over rows: each row's term, in the scorer's sign (None: not such a metric)."""
-    if metric == "accuracy" and task in ("binary", "multiclass"):
-        labels = (pred > 0.5).astype(int) if task == "binary" else pred.argmax(axis=1)
-        return (labels == y).astype(np.float64)
-    if metric == "neg_log_loss" and task in ("binary", "multiclass"):
-        p_true = np.where(y == 1, pred, 1 - pred) if task == "binary" else pred[np.arange(len(y)), y]
-        eps = np.finfo(np.float64).eps  # sklearn clips each class probability to [eps, 1 - eps]
-        return np.log(np.clip(p_true, eps, 1 - eps))
-    if task == "regression" and metric == "neg_mean_squared_error":
-        return -((y - pred) ** 2)
-    if task == "regression" and metric == "neg_mean_absolute_error":
-        return -np.abs(y - pred)
-    return None
-
-
-def _weighted_auc(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Mann-Whitney AUC with row multiplicities w (b, n); tied scores count one half (as sklearn)."""
-    order = np.argsort(p, kind="stable")
-    sorted_p = p[order]
-    starts = np.flatnonzero(np.r_[True, sorted_p[1:] != sorted_p[:-1]])  # one block per distinct score
-    pos = (y[order] == 1).astype(np.float64)
-    ws = w[:, order]
-    wp = np.add.reduceat(ws * pos, starts, axis=1)
-    wn = np.add.reduceat(ws * (1 - pos), starts, axis=1)
-    below = np.cumsum(wn, axis=1) - wn
-    n1, n0 = wp.sum(axis=1), wn.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = (wp * (below + 0.5 * wn)).sum(axis=1) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
+def paired_deltas(metric: str, task: str, y: np.ndarray, plan: FoldPlan, baseline: np.ndarray | Sequence[np.ndarray],
+                  variants: Mapping[str, np.ndarray | Sequence[np.ndarray]], n_boot: int = 1000,
+                  seed: int = 0) -> dict[str, PairedDelta]:
+    """`paired_delta` of each variant vs one baseline, all scored on the same resamples: each split's
+    resamples are drawn and the baseline scored once, not once per variant."""
+    base = per_repeat(baseline, plan)
+    others = {n: per_repeat(v, plan) for n, v in variants.items()}
+    total = {name: np.zeros(n_boot) for name in variants}
+    for s in range(plan.n_splits):
+        rows, r = plan.valid_rows(s), s // plan.n_folds
+        drawn = fold_bootstrap(metric, task, y[rows], base[r][rows], {n: v[r][rows] for n, v in others.items()},
+                               n_boot, (seed, s))
+        for name, d in drawn.items():
+            total[name] += d
+    return {name: paired_delta(metric, task, y, plan, baseline, v, n_boot, seed, boot=total[name] / plan.n_splits)
+            for name, v in variants.items()}
 
 
 # --------------------------------------------------------------------------- permutation importance
@@ -283,6 +227,7 @@ def permutation_importance_fold(data: PreparedData, plan: FoldPlan, result: Fold
     if result.fitted is None:
         return FoldImportance(model=result.model, fold=result.fold, drops=None)
     model = pickle.loads(result.fitted)
+    steps = fitted_fold_steps(result.fold_steps)  # fitted on the fold's training rows: the model reads their output
     rows = plan.valid_rows(result.fold)
     vocab = fit_vocabulary(data, plan.train_rows(result.fold))  # the encoding the model was fitted with
     X = data.X[rows]
@@ -295,7 +240,8 @@ def permutation_importance_fold(data: PreparedData, plan: FoldPlan, result: Fold
         for _ in range(repeats):
             shuffled = X.copy()
             shuffled[:, j] = X[rng.permutation(len(rows))][:, j]
-            pred = np.asarray(model.predict(frame(data, shuffled, vocab)))
+            fold_frame = frame(data, shuffled, vocab)
+            pred = np.asarray(model.predict(steps.transform(fold_frame) if steps is not None else fold_frame))
             losses.append(result.score - score(metric, data.task, y, pred))
         drops[name] = tuple(float(v) for v in losses)
     return FoldImportance(model=result.model, fold=result.fold, drops=drops)

@@ -19,13 +19,12 @@ from foldwise.tasks.ablation import (
     permutation_importance_fold,
     plot_deltas,
     removal_candidates,
-    resample_counts,
     resolve_groups,
     select_groups,
     summarise_importance,
     verdict_of,
-    weighted_scores,
 )
+from foldwise.tasks.bootstrap import resample_counts, weighted_scores
 from foldwise.tasks.data import PreparedData, drop_columns
 from foldwise.tasks.folds import assign_folds
 from foldwise.tasks.metrics import score
@@ -266,3 +265,21 @@ def test_report_says_fit_seconds_saved_not_a_share() -> None:
     rows = {line.split("|")[2].strip(): line for line in md.splitlines() if line.startswith("| ") and "**" in line}
     assert "| +12.50 |" in rows["big"] and "| -0.40 |" in rows["cheap"]
     assert "fit-time share" not in md and "positive: dropping the group saves" in md
+
+
+def test_every_variant_is_judged_on_the_same_resamples() -> None:
+    """fold_bootstrap draws a fold's resamples once: each variant's deltas are its scores minus the
+    baseline's on those very resamples (rebuilt here from the same seed), a copy of the baseline is 0."""
+    from foldwise.tasks.bootstrap import _CHUNK_CELLS, fold_bootstrap, strata_of
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 400)
+    base, v1, v2 = (np.clip(y * s + rng.uniform(size=400), 0, 2) for s in (0.5, 0.3, 0.8))
+    drawn = fold_bootstrap("roc_auc", "binary", y, base, {"v1": v1, "v2": v2, "same": base.copy()}, 60, (7, 0))
+    assert set(drawn) == {"v1", "v2", "same"} and (drawn["same"] == 0).all()
+    assert 60 <= _CHUNK_CELLS // 400  # one block: the counts below are the only draw
+    counts = resample_counts(np.random.default_rng((7, 0)), strata_of(y, "binary"), 400, 60)
+    b = weighted_scores("roc_auc", "binary", y, base, counts)
+    for name, pred in (("v1", v1), ("v2", v2)):
+        np.testing.assert_allclose(drawn[name], weighted_scores("roc_auc", "binary", y, pred, counts) - b, atol=1e-15)
+    assert drawn["v1"].mean() < 0 < drawn["v2"].mean()

@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +42,38 @@ def _reachable(address: str, timeout: float = 3.0) -> None:
         raise ClusterUnreachable(f"--address {address}: nothing answers there ({e.strerror or e}); start a cluster "
                                  "(`foldwise cluster up`, `ray start --head`) or leave --address out to run on a "
                                  "local Ray") from None
+
+
+def check_address(address: str) -> None:
+    """ClusterUnreachable (exit 2) unless something answers at a Ray address; before anything is cached or started."""
+    _reachable(address)
+
+
+def connected() -> bool:
+    """This process already drives a Ray cluster (a notebook's ray.init): requests are sized against it, not this machine."""
+    ray = sys.modules.get("ray")
+    return bool(ray is not None and ray.is_initialized())
+
+
+def oversized(slot: Slot, nodes: list[dict]) -> str | None:
+    """Why no alive node of the cluster can hold `slot` (naming the largest node), else None."""
+    alive = [n for n in nodes if n.get("Alive")]
+    if not alive:
+        return None
+    asked = {"CPU": slot.cpus, "GPU": slot.gpus, "memory": float(slot.memory or 0)}
+    for what, amount in asked.items():
+        if amount <= 0:
+            continue
+        largest = max(alive, key=lambda n: n.get("Resources", {}).get(what, 0.0))
+        have = largest.get("Resources", {}).get(what, 0.0)
+        if amount > have:
+            return (f"asks for {_quantity(what, amount)}, but the largest node of the cluster "
+                    f"({largest.get('NodeManagerAddress', '?')}) has {_quantity(what, have)}")
+    return None
+
+
+def _quantity(what: str, value: float) -> str:
+    return f"{value / 2**30:.1f} GiB of memory" if what == "memory" else f"{value:g} {what}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +116,7 @@ class RayExecutor:
                         os.environ["RAY_AUTH_MODE"] = "token"
                 except RayTokenError as e:
                     raise ClusterUnreachable(f"--address {address}: {e}") from None
+            on_term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
             try:
                 # "local": a cluster of our own, never one a `ray start` left on this machine
                 ray.init(address=address or "local", num_cpus=num_cpus if address is None else None,
@@ -88,9 +124,14 @@ class RayExecutor:
                          configure_logging=True)
             except (ConnectionError, ray.exceptions.AuthenticationError) as e:
                 raise ClusterUnreachable(f"--address {address}: {_last_line(e)}") from None
+            if callable(on_term):
+                # ray.init installs a C-level SIGTERM handler that aborts the driver (exit -6, runs left
+                # RUNNING, a local Ray orphaned); the command's own handler stops it cleanly instead.
+                signal.signal(signal.SIGTERM, on_term)
         self.startup_seconds = time.perf_counter() - start
         self._remote: dict[tuple[Callable, bool], Any] = {}
         self._names: dict[Any, str] = {}
+        self._sized: set[Slot] = set()  # slots already compared with the cluster's nodes
 
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
         # A GPU task gets a fresh worker process (Ray's default for @ray.remote(num_gpus=...), lost when
@@ -101,6 +142,12 @@ class RayExecutor:
         if remote is None:
             remote = self._remote[key] = self._ray.remote(max_calls=1)(fn) if slot.gpus > 0 else self._ray.remote(fn)
         label = name or fn.__name__
+        if slot not in self._sized:
+            self._sized.add(slot)
+            problem = oversized(slot, self._ray.nodes())
+            if problem:  # a cluster we joined may autoscale: say why the task waits, rather than silence
+                print(f"foldwise: warning: {label}: {problem}; it waits until a node that large joins "
+                      "(an autoscaler's), Ctrl-C to stop", file=sys.stderr, flush=True)
         extra = {"memory": slot.memory} if slot.memory else {}
         ref = remote.options(num_cpus=slot.cpus, num_gpus=slot.gpus, max_retries=slot.retries,
                              retry_exceptions=False, name=label, **extra).remote(*args)
@@ -213,14 +260,58 @@ class LocalExecutor:
         pass
 
 
+@dataclass(frozen=True)
+class Work:
+    """What a DAG is about to compute, known once the data is prepared: enough to tell small work."""
+
+    rows: int
+    features: int
+    fits: int  # fold tasks to run (cached ones excluded)
+    gpus: bool = False  # some task asks for a GPU
+
+    @property
+    def cells(self) -> int:
+        return self.rows * self.features * self.fits
+
+
+# `--executor auto` runs work up to this many cells x fits in this process: ~5 s of LightGBM on
+# 2 cores, less than starting Ray and its workers (7-10 s), so Ray could not win it back.
+SMALL_WORK_CELLS = 5_000_000
+
+
+def small_work(work: Work, address: str | None) -> bool:
+    """In-process is faster and gives the same DAG (same nodes, keys and results) when the work is
+    small, wants no GPU, names no cluster, and this process has not joined a Ray cluster already."""
+    ray = sys.modules.get("ray")
+    joined = ray is not None and ray.is_initialized()
+    return (not joined and address is None and not os.environ.get("RAY_ADDRESS") and not work.gpus
+            and work.cells <= SMALL_WORK_CELLS)
+
+
 class LazyExecutor:
-    """Starts the real executor only when a task must run: a fully cached rerun never starts Ray."""
+    """Starts the real executor only when a task must run: a fully cached rerun never starts Ray.
+
+    `kind="auto"`: in this process when `expect` is told the work is small (see `small_work`),
+    else Ray; `chosen` says which ran."""
 
     def __init__(self, kind: str = "ray", address: str | None = None) -> None:
-        if kind not in ("ray", "local"):
-            raise ValueError(f"unknown executor {kind!r} (valid: ray, local)")
+        if kind not in ("ray", "local", "auto"):
+            raise ValueError(f"unknown executor {kind!r} (valid: auto, ray, local)")
         self.kind, self.address = kind, address
         self._inner: RayExecutor | LocalExecutor | None = None
+
+    def expect(self, work: Work) -> None:
+        """The work the DAG is about to submit; settles `auto` before anything starts."""
+        if self.kind == "auto" and self._inner is None:
+            self.kind = "local" if small_work(work, self.address) else "ray"
+            if self.kind == "local":
+                print(f"foldwise: small work ({work.rows} rows x {work.features} features, {work.fits} fits): "
+                      "running in this process, no Ray start-up (--executor ray to use Ray)", file=sys.stderr)
+
+    @property
+    def chosen(self) -> str:
+        """The executor that ran tasks ('none' when everything came from the cache)."""
+        return self._inner.name if self._inner is not None else "none"
 
     @property
     def started(self) -> bool:
@@ -232,7 +323,7 @@ class LazyExecutor:
 
     def _start(self) -> RayExecutor | LocalExecutor:
         if self._inner is None:
-            self._inner = make_executor(self.kind, self.address)
+            self._inner = make_executor("ray" if self.kind == "auto" else self.kind, self.address)
         return self._inner
 
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
