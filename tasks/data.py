@@ -12,8 +12,9 @@ fitted inside each fold (see tasks.features).
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -54,7 +55,8 @@ class DataSummary:
     groups: np.ndarray | None
     columns: tuple[str, ...]  # feature columns
     test_rows: int | None
-    image_stamp: str | None = None  # paths + sizes + mtimes of the images, for cache keys
+    image_stamp: str | None = None  # paths + sizes + mtimes of the training images, for cache keys
+    test_image_stamp: str | None = None  # the same of the test images (test predictions' keys only)
 
 
 @dataclass(frozen=True)
@@ -119,41 +121,79 @@ def read_table(source: str, columns: list[str] | None = None) -> pd.DataFrame:
         frame = _sklearn_frame(name)
         return frame[columns] if columns is not None else frame
     lower = source.lower()
-    if "://" not in source and not Path(source).exists():
-        raise DataError(f"data file {source!r} does not exist")
+    _check_local_file(source)
     try:
         if lower.endswith((".parquet", ".pq")):
             return pd.read_parquet(source, columns=columns)
         if lower.endswith((".csv", ".csv.gz", ".tsv")):
+            _check_unique_header(source)
             return pd.read_csv(source, usecols=columns, sep="\t" if lower.endswith(".tsv") else ",")
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"data file {source!r} does not exist") from None
-    except ValueError as e:
-        raise DataError(f"cannot read {source!r}: {str(e).splitlines()[0]}") from None
+    except _READ_ERRORS as e:
+        raise DataError(_cannot_read(source, e)) from None
     raise DataError(f"data file {source!r}: unsupported format (use .csv, .csv.gz, .tsv, .parquet, or sklearn:NAME)")
+
+
+# What reading a damaged, unreachable or mislabelled file raises (a .csv.gz that is not gzip: OSError;
+# an http:// URI nothing answers: URLError, an OSError; a truncated gzip: EOFError).
+_READ_ERRORS = (OSError, EOFError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError)
+
+
+def _cannot_read(source: str, e: BaseException) -> str:
+    reason = getattr(e, "reason", None) or getattr(e, "strerror", None) or str(e).strip().splitlines()[0:1]
+    reason = reason[0] if isinstance(reason, list) and reason else reason or type(e).__name__
+    return f"cannot read {source!r}: {reason}"
+
+
+def _check_local_file(source: str) -> None:
+    """A local data path names a readable file (not a folder, not a symlink loop): DataError otherwise."""
+    if "://" in source:
+        return
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise DataError(f"data file {source!r} does not exist") from None
+    except OSError as e:  # ELOOP (a symlink loop), EACCES, ENOTDIR, ...
+        raise DataError(f"data file {source!r} cannot be opened: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"data file {source!r} is a folder; name a .csv, .csv.gz, .tsv or .parquet file")
+
+
+def _check_unique_header(source: str) -> None:
+    """pandas renames a repeated CSV column `f1` to `f1.1` silently; refuse instead (which column is meant?)."""
+    head = pd.read_csv(source, nrows=1, header=None, dtype=str, keep_default_na=False,
+                       sep="\t" if source.lower().endswith(".tsv") else ",")
+    names = [str(v) for v in head.iloc[0]] if len(head) else []
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise DataError(f"data file {source!r} repeats column name(s) {', '.join(map(repr, dupes))}; "
+                        "column names must be unique")
 
 
 def read_header(source: str) -> pd.DataFrame:
     """A few rows (all rows for built-in data) to learn the columns and their kinds cheaply."""
     if source.startswith("sklearn:"):
         return read_table(source)
+    _check_local_file(source)
     if source.lower().endswith((".parquet", ".pq")):
         import pyarrow.parquet as pq
 
-        if "://" not in source and not Path(source).exists():
-            raise DataError(f"data file {source!r} does not exist")
         try:
             return pq.ParquetFile(source).schema_arrow.empty_table().to_pandas()
         except (OSError, ValueError):
             return read_table(source).head(0)
-    if "://" not in source and not Path(source).exists():
-        raise DataError(f"data file {source!r} does not exist")
     try:
+        _check_unique_header(source)
         return pd.read_csv(source, nrows=1000, sep="\t" if source.lower().endswith(".tsv") else ",")
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"data file {source!r} does not exist") from None
-    except (ValueError, pd.errors.ParserError) as e:
-        raise DataError(f"cannot read {source!r}: {str(e).splitlines()[0]}") from None
+    except _READ_ERRORS as e:
+        raise DataError(_cannot_read(source, e)) from None
 
 
 def _sklearn_frame(name: str) -> pd.DataFrame:
@@ -200,7 +240,7 @@ def inspect_data(config: DataConfig) -> DataSummary:
     if not features and config.image is None:
         raise DataError(f"{config.train!r} has no feature columns left after target/id/groups/drop")
     image_stamp = _check_images(frame[config.image], config.train, "data.image") if config.image else None
-    test_rows = None
+    test_rows = test_image_stamp = None
     if config.test is not None:
         test_header = read_header(config.test)
         _check_test_columns(header, test_header, features, config)
@@ -209,9 +249,10 @@ def inspect_data(config: DataConfig) -> DataSummary:
             if config.image not in test_header.columns:
                 raise DataError(f"data.test: image column {config.image!r} is missing from the test file")
             test_images = read_table(config.test, columns=[config.image])[config.image]
-            image_stamp += _check_images(test_images, config.test, "data.test")
+            test_image_stamp = _check_images(test_images, config.test, "data.test")
     return DataSummary(task=task, n_rows=len(frame), n_classes=len(classes), classes=classes, y=y, groups=groups,
-                       columns=tuple(features), test_rows=test_rows, image_stamp=image_stamp)
+                       columns=tuple(features), test_rows=test_rows, image_stamp=image_stamp,
+                       test_image_stamp=test_image_stamp)
 
 
 def _check_images(values: pd.Series, source: str, key: str) -> str:

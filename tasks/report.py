@@ -51,9 +51,11 @@ def test_frame(data: PreparedData, preds: dict[str, np.ndarray]) -> pd.DataFrame
     return pd.DataFrame(cols)
 
 
-def submission_frame(data: PreparedData, pred: np.ndarray, kind: str = "proba") -> pd.DataFrame:
+def submission_frame(data: PreparedData, pred: np.ndarray, kind: str = "proba", column: str = "target") -> pd.DataFrame:
     """Kaggle shape: id + P(positive class) (binary), one column per class named after it
-    (multiclass), the value (regression); `kind="label"`: id + the predicted class (classification)."""
+    (multiclass), the value (regression); `kind="label"`: id + the predicted class (classification).
+    Binary's probability column is named after the target (what Kaggle's sample submissions
+    expect) or, with `column="class"`, after the positive class it is the probability of."""
     n = len(pred)
     out = pd.DataFrame({data.id_column or "id": data.test_ids if data.test_ids is not None else np.arange(n)})
     if kind == "label" and data.classes:
@@ -64,8 +66,12 @@ def submission_frame(data: PreparedData, pred: np.ndarray, kind: str = "proba") 
         for i, c in enumerate(data.classes):
             out[str(c)] = pred[:, i]
     else:
-        out[data.target] = pred
+        out[_binary_column(data, column)] = pred
     return out
+
+
+def _binary_column(data: PreparedData, column: str) -> str:
+    return str(data.classes[1]) if column == "class" and data.task == "binary" else data.target
 
 
 def class_facts(data: PreparedData) -> dict[str, Any]:
@@ -79,14 +85,15 @@ def class_facts(data: PreparedData) -> dict[str, Any]:
     return facts
 
 
-def submission_facts(data: PreparedData, kind: str) -> dict[str, Any]:
+def submission_facts(data: PreparedData, kind: str, column: str = "target") -> dict[str, Any]:
     """What submission.csv's prediction column(s) hold, in words (summary.json `submission`)."""
     if kind == "label" and data.classes:
         return {"kind": "label", "columns": [data.target], "holds": f"the predicted class of {data.target!r}"}
     if data.task == "multiclass":
         return {"kind": "proba", "columns": [str(c) for c in data.classes], "holds": "P(the column's class), per class"}
     if data.task == "binary":
-        return {"kind": "proba", "columns": [data.target], "holds": f"P({data.target} == {data.classes[1]!r})"}
+        return {"kind": "proba", "columns": [_binary_column(data, column)],
+                "holds": f"P({data.target} == {data.classes[1]!r})"}
     return {"kind": "value", "columns": [data.target], "holds": f"the predicted {data.target!r}"}
 
 

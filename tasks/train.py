@@ -1,4 +1,5 @@
-"""One fold of one model: fit on the other folds, predict the held-out fold and the test set."""
+"""One fold of one model: fit on the other folds, predict the held-out fold (the test set is
+predict_test's, a node of its own, so a new test set refits nothing)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import psutil
 
 from foldwise.tasks.data import PreparedData, drop_columns
 from foldwise.tasks.features import fit_vocabulary, frame
+from foldwise.tasks.fold_steps import fit_fold_steps
 from foldwise.tasks.folds import FoldPlan
-from foldwise.tasks.metrics import score
+from foldwise.tasks.metrics import resolve_metric, score
 from foldwise.tasks.models import FitContext, ModelConfig, TrainingLog, create_model
 
 
@@ -28,7 +31,9 @@ class FoldResult:
     fold: int
     valid_rows: np.ndarray  # row indices of the held-out fold
     oof: np.ndarray  # predictions for valid_rows: (m,) or (m, K)
-    test: np.ndarray | None  # predictions for the test set from this fold's model
+    # the test set's predictions from this fold's model: None out of train_fold, which never sees
+    # the test set; the DAG attaches predict_test's (tasks.test_prediction), its own cached node
+    test: np.ndarray | None
     score: float
     fit_seconds: float
     predict_seconds: float
@@ -42,6 +47,9 @@ class FoldResult:
     started: float = 0.0  # unix seconds when the fold task began / ended (a timeline of the run)
     ended: float = 0.0
     best_iteration: int | None = None  # the boosting round early stopping kept (adapters with `best_iteration`)
+    # the pickled fold steps (tasks.fold_steps.FittedFoldSteps) fitted on this fold's training rows, None without
+    # any: new rows go through them, then through `fitted` (the columns the model was trained on)
+    fold_steps: bytes | None = None
 
 
 def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: int, metric: str, seed: int,
@@ -51,19 +59,28 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
     `drop` names feature columns the model must not see (an ablation variant); empty for `foldwise run`.
     """
     started = time.time()
+    resolve_metric(metric, fresh=True)  # a user's metric as its source is now (workers live long)
     if drop:
         data = drop_columns(data, drop)
     train_rows, valid_rows = plan.train_rows(fold), plan.valid_rows(fold)
     vocab = fit_vocabulary(data, train_rows)
-    ctx = FitContext(task=data.task, n_classes=data.n_classes, categorical=data.categorical, seed=seed,
+    seed = config.seed if config.seed is not None else seed  # a seed-averaging node fits with its own seed
+    steps, train_frame = None, frame(data, data.X[train_rows], vocab)
+    if config.fold_steps:  # fitted on the training rows only; the held-out and test rows only pass through
+        steps, train_frame = fit_fold_steps(config.fold_steps, train_frame, data.y[train_rows], data.task, seed)
+    categorical = tuple(c for c in train_frame.columns if isinstance(train_frame[c].dtype, pd.CategoricalDtype))
+    ctx = FitContext(task=data.task, n_classes=data.n_classes, categorical=categorical, seed=seed,
                      n_threads=max(1, int(config.cpus)), gpus=config.gpus, image_column=data.image_column)
     model = create_model(config, ctx)
     images = data.images is not None and getattr(model, "takes_images", False)
 
     def rows_of(X: np.ndarray | None, paths: np.ndarray | None, rows: np.ndarray | None):  # noqa: ANN202
-        """The fold frame; the image paths as one more column for adapters that take images."""
-        X_rows = X if rows is None else X[rows]
-        out = frame(data, X_rows, vocab)
+        """The fold frame (through the fold steps); the image paths as one more column for adapters that take images."""
+        if rows is train_rows:
+            out = train_frame.copy() if images else train_frame
+        else:
+            out = frame(data, X if rows is None else X[rows], vocab)
+            out = steps.transform(out) if steps is not None else out
         if images:
             out[data.image_column] = paths if rows is None else paths[rows]
         return out
@@ -75,7 +92,6 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
         start = time.perf_counter()
         oof = np.asarray(model.predict(rows_of(data.X, data.images, valid_rows)))
         predict_seconds = time.perf_counter() - start
-        test = np.asarray(model.predict(rows_of(data.X_test, data.test_images, None))) if data.X_test is not None else None
     importance = getattr(model, "feature_importance", None)
     training = model.training_log() if hasattr(model, "training_log") else None
     try:
@@ -84,11 +100,12 @@ def train_fold(data: PreparedData, plan: FoldPlan, config: ModelConfig, fold: in
         fitted = None
     model_bytes = len(fitted) if fitted is not None else -1
     return FoldResult(
-        model=config.name, fold=fold, valid_rows=valid_rows, oof=oof, test=test,
+        model=config.name, fold=fold, valid_rows=valid_rows, oof=oof, test=None,
         score=score(metric, data.task, data.y[valid_rows], oof),
         fit_seconds=fit_seconds, predict_seconds=predict_seconds, model_bytes=model_bytes, fitted=fitted,
         peak_memory_bytes=memory.peak_bytes, importance=importance() if importance else None,
         training=training, started=started, ended=time.time(), best_iteration=getattr(model, "best_iteration", None),
+        fold_steps=pickle.dumps(steps, protocol=pickle.HIGHEST_PROTOCOL) if steps is not None else None,
     )
 
 

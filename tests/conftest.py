@@ -19,9 +19,11 @@ def isolated_cache(tmp_path_factory):
     """Tests never read or write the repo's .foldwise/cache: results come from this session."""
     root = tmp_path_factory.mktemp("cache")
     os.environ["FOLDWISE_CACHE"] = str(root)
+    os.environ["FOLDWISE_CACHE_KEY"] = os.urandom(32).hex()  # entries signed with a key of this session only
     os.environ["FOLDWISE_DATA"] = str(tmp_path_factory.mktemp("datasets"))  # built-in image data, before Ray starts
     yield root
     os.environ.pop("FOLDWISE_CACHE", None)
+    os.environ.pop("FOLDWISE_CACHE_KEY", None)
     os.environ.pop("FOLDWISE_DATA", None)
 
 

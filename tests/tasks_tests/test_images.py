@@ -16,6 +16,7 @@ from foldwise.tasks.data import DataConfig, DataError, inspect_data, prepare_dat
 from foldwise.tasks.folds import assign_folds
 from foldwise.tasks.images import read_image
 from foldwise.tasks.models import FitContext, ModelConfig, create_model
+from foldwise.tasks.test_prediction import predict_test
 from foldwise.tasks.train import train_fold
 
 torch = pytest.importorskip("torch")
@@ -299,7 +300,8 @@ def test_dataloader_workers_binary_task_and_csv_data(image_dir: Path) -> None:
                                             image_column="file"))
     assert model._workers() == (1, 1)
     result = train_fold(data, plan, config, 1, "roc_auc", 0)
-    assert result.oof.shape == (len(plan.valid_rows(1)),) and result.test.shape == (20,)
+    assert result.oof.shape == (len(plan.valid_rows(1)),) and result.test is None  # the test set is predict_test's
+    assert predict_test(data, plan, result).values.shape == (20,)
     assert np.all((result.oof >= 0) & (result.oof <= 1))
 
 

@@ -29,6 +29,9 @@ def test_binary_facts_label_submission_and_parquet_metadata(tmp_path: Path) -> N
     labels = submission_frame(data, pred, "label")
     assert labels.columns.tolist() == ["id", "label"] and labels["label"].tolist() == ["yes", "no", "yes", "no", "yes", "no"]
     assert submission_frame(data, pred)["label"].tolist() == pred.tolist()
+    named = submission_frame(data, pred, "proba", column="class")  # binary column named after the positive class
+    assert named.columns.tolist() == ["id", "yes"] and named["yes"].tolist() == pred.tolist()
+    assert submission_facts(data, "proba", "class")["columns"] == ["yes"]
     path = write_predictions(pd.DataFrame({"id": range(6), "m": pred}), tmp_path / "p.parquet", data)
     meta = pq.read_schema(path).metadata
     assert json.loads(meta[b"foldwise.classes"]) == ["no", "yes"] and json.loads(meta[b"foldwise.positive_class"]) == "yes"

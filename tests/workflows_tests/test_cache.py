@@ -100,7 +100,7 @@ def test_damaged_entry_is_detected_and_recomputed(workspace: Path, capfd) -> Non
     summary = go(s, workspace)
     assert fits(log) == 9, "exactly the damaged fold is refitted"
     assert sum(not c for m in "ab" for c in summary["models"][m]["cached"]) == 1
-    assert f"cache entry fold/{victim.key} is damaged" in capfd.readouterr().err
+    assert f"cache entry fold/{victim.key} fails its integrity check" in capfd.readouterr().err
 
 
 def test_cache_entries_and_prune(workspace: Path) -> None:
@@ -128,7 +128,8 @@ def test_sigkill_of_the_driver_then_rerun_resumes(workspace: Path) -> None:
     uri = f"sqlite:///{workspace / 'm.db'}"
     env = os.environ | {"FOLDWISE_CACHE": str(workspace / "cache")}
     exe = Path(sys.executable).with_name("foldwise")
-    proc = subprocess.Popen([str(exe), "run", str(spec_path), "--tracking-uri", uri, "--no-progress"],
+    proc = subprocess.Popen([str(exe), "run", str(spec_path), "--tracking-uri", uri, "--no-progress",
+                             "--executor", "ray"],
                             cwd=Path(__file__).resolve().parents[2], env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fold_dir = workspace / "cache" / "fold"

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from foldwise.workflows.cli.main import main
+from foldwise.workflows.cli.run import print_leaderboard
 from foldwise.workflows.commands.run import run_cv
 
 N = 400
@@ -105,15 +106,20 @@ def test_best_iteration_per_fold_in_summary_and_mlflow(first_run) -> None:
     assert sorted((m.step, int(m.value)) for m in history) == list(enumerate(best))
 
 
-def test_positive_class_no_flips_the_probabilities_not_the_score(first_run, folder: Path, tmp_path: Path) -> None:
+def test_positive_class_no_flips_the_probabilities_not_the_score(first_run, folder: Path, tmp_path: Path,
+                                                                 capsys) -> None:
     base, _, uri = first_run
-    flipped = run_cv(spec_file(folder, "flip", [LOGREG]), overrides=["data.positive_class=no"], out=tmp_path,
+    flipped = run_cv(spec_file(folder, "flip", [LOGREG]), overrides=["data.positive_class=no", "submission.column=class"], out=tmp_path,
                      tracking_uri=uri, executor="local")
     s = flipped.summary
     assert s["classes"] == ["yes", "no"] and s["positive_class"] == "no"
     assert s["models"]["logreg"]["cv_score"] == pytest.approx(base["models"]["logreg"]["cv_score"], abs=1e-4)
     p_yes = pd.read_parquet(base["outputs"]["test_predictions"])["logreg"].to_numpy()
-    p_no = pd.read_csv(s["outputs"]["submission"])["label"].to_numpy()
+    submission = pd.read_csv(s["outputs"]["submission"])
+    assert submission.columns.tolist() == ["id", "no"] and s["submission"]["holds"] == "P(label == 'no')"
+    p_no = submission["no"].to_numpy()
+    print_leaderboard(s)  # what `foldwise run` prints under its table
+    assert "submission.csv no: P(label == 'no')" in capsys.readouterr().out
     np.testing.assert_allclose(p_no, 1 - p_yes, atol=1e-4)
 
 

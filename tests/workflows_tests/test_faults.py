@@ -176,7 +176,8 @@ def test_out_of_memory_kill_is_reported_with_model_fold_and_remedy(tmp_path: Pat
     env.pop("RAY_task_oom_retries", None)
     env.pop("RAY_ADDRESS", None)
     exe = str(Path(sys.executable).with_name("foldwise"))
-    run = subprocess.run([exe, "run", str(tmp_path / "hog.yaml"), "--tracking-uri", uri, "--no-progress"], cwd=REPO,
+    run = subprocess.run([exe, "run", str(tmp_path / "hog.yaml"), "--tracking-uri", uri, "--no-progress",
+                          "--executor", "ray"], cwd=REPO,
                          env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 1, run.stderr[-3000:]
     last = run.stderr.strip().splitlines()[-1]

@@ -85,5 +85,7 @@ def test_set_up_starts_at_once_when_a_cpu_is_free_or_none_will_be() -> None:
     assert even.go.is_set() and not even.lower
     assert _told([(6, 1.5)]).go.is_set()  # 1.5 divides 6: equal rounds
     assert not _told([(5, 2), (4, 2)]).go.is_set()  # decided once, when the folds were submitted
+    in_process = _told([(10, float("inf"))])  # the in-process executor: no worker to protect, start beside them
+    assert in_process.go.is_set() and not in_process.lower
     none_yet = _told([(2, 0)])  # a cluster with no CPU yet (autoscaling): nothing to wait for
     assert none_yet.go.is_set() and not none_yet.lower

@@ -24,7 +24,7 @@ def test_summary_has_the_contract_keys(breast_cancer_run) -> None:
     s = json.loads((breast_cancer_run.out_dir / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(s)
     assert s["command"] == "run" and s["experiment"] == "breast-cancer" and s["greater_is_better"] is True
-    assert set(s["folds"]) == {"scheme", "n", "seed", "hash"} and s["folds"]["n"] == 5
+    assert set(s["folds"]) == {"scheme", "n", "seed", "hash", "repeats"} and s["folds"]["n"] == 5 and s["folds"]["repeats"] == 1
     assert set(s["models"]) == {"logreg", "lgbm"}
     for m in s["models"].values():
         assert len(m["fold_scores"]) == len(m["fit_seconds"]) == len(m["cached"]) == 5

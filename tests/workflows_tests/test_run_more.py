@@ -220,7 +220,8 @@ def test_sigint_ends_the_run_failed_even_when_started_with_sigint_ignored(tmp_pa
                      slices={})
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     proc = subprocess.Popen([str(Path(sys.executable).with_name("foldwise")), "run", str(spec),
-                             "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-cache", "--no-progress"],
+                             "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--no-cache", "--no-progress",
+                             "--executor", "ray"],
                             cwd=EXAMPLES.parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     client, deadline, running = MlflowClient(uri), time.monotonic() + 120, []

@@ -46,7 +46,7 @@ def test_overrides_are_yaml_typed_and_reach_lists() -> None:
     (minimal(), ["models.0.paramz.C=1"], "'models.0.paramz' is not allowed (valid keys here: name, type, estimator"),
     (minimal(), ["cv.scheme=strat"], "'cv.scheme'"),
     (minimal(), ["cv.folds=1"], "must be at least 2"),
-    (minimal(), ["models.0.type=xgb"], "unknown model type 'xgb' (valid: sklearn, lightgbm, torch_mlp"),
+    (minimal(), ["models.0.type=xgb"], "unknown model type 'xgb' (valid: sklearn, lightgbm, xgboost, catboost, torch_mlp"),
     (minimal(), ["models.0.estimator=sklearn.linear_model.Nope"], "has no 'Nope'"),
     (minimal(), ["models.0.estimator=nopkg.Model"], "module 'nopkg' cannot be imported"),
     (minimal(), ["metric=aucc"], "unknown metric 'aucc'"),

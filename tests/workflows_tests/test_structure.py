@@ -77,7 +77,7 @@ def test_a_users_own_tasks_and_workflows_packages_never_shadow_foldwise(tmp_path
     spec = _user_project(tmp_path)
     exe = Path(sys.executable).with_name("foldwise")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(exe), "run", "workflows/bc.yaml", "--no-progress"], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([str(exe), "run", "workflows/bc.yaml", "--no-progress", "--executor", "ray"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "was imported by foldwise" not in proc.stderr

@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_arguments(p)
     p.add_argument("--no-checks", action="store_true",
                    help="skip the cheap data checks (warnings, full-file errors) that run before any task")
+    p.add_argument("--register", metavar="NAME", default=None,
+                   help="register the run's model (logged as `model/` on its MLflow run) as a new version of NAME")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -21,7 +23,8 @@ def command(args: argparse.Namespace) -> int:
     try:
         result = run_cv(args.spec, overrides=args.overrides, out=args.out, tracking_uri=args.tracking_uri,
                         address=args.address, executor=args.executor, progress=not args.no_progress,
-                        no_cache=args.no_cache, cache_root=args.cache_root, checks=not args.no_checks)
+                        no_cache=args.no_cache, cache_root=args.cache_root, checks=not args.no_checks,
+                        register=args.register)
     except (SpecError, InputError) as e:
         return bad_input(str(e))
     except RunFailed as e:
@@ -37,8 +40,9 @@ def print_leaderboard(summary: dict) -> None:
     from rich.table import Table
 
     table = Table(title=f"{summary['experiment']}: {summary['metric']}",
-                  caption=f"{summary['folds']['n']} {summary['folds']['scheme']} folds, seed {summary['folds']['seed']}; "
-                          "mean of fold scores, greater is better")
+                  caption=f"{summary['folds']['n']} {summary['folds']['scheme']} folds"
+                          + (f" x {r} repeats" if (r := summary['folds'].get('repeats', 1)) > 1 else "")
+                          + f", seed {summary['folds']['seed']}; mean of fold scores, greater is better")
     for col in ("model", "cv score", "std", "min fold", "fit s (all folds)", "note"):
         table.add_column(col, justify="left" if col in ("model", "note") else "right")
     rows = [(name, m["cv_score"], m["fold_scores"], sum(m["fit_seconds"]),
@@ -52,4 +56,7 @@ def print_leaderboard(summary: dict) -> None:
         table.add_row(name, f"{cv:.5f}", f"{np.std(folds, ddof=1):.5f}", f"{min(folds):.5f}", f"{fit:.2f}", note)
     console = Console()
     console.print(table)
+    if summary.get("submission"):
+        sub = summary["submission"]
+        console.print(f"submission.csv {', '.join(sub['columns'])}: {sub['holds']}", markup=False)
     console.print(f"MLflow run {summary['run_id']} in experiment {summary['experiment']!r} ({summary['tracking_uri']})")

@@ -6,6 +6,7 @@ raises `InputError` with one line naming the key/column and what would be valid.
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, replace
 
 from foldwise.tasks.data import DataConfig, DataError, DataSummary, inspect_data
@@ -18,9 +19,10 @@ from foldwise.workflows.tracking import tracker as tk
 
 def usable_tracking_uri(explicit: str | None, spec: WorkflowSpec) -> str:
     """The tracking URI a command will log to (flag, then spec, then default); InputError when it
-    names a server where nothing answers, so no compute starts for a run that cannot be logged."""
+    names a server where nothing answers or a store MLflow cannot open, so no compute starts for a run
+    that cannot be logged."""
     uri = tk.resolve_uri(explicit, spec.tracking.uri)
-    problem = tk.server_unreachable(uri)
+    problem = tk.uri_problem(uri)
     if problem:
         raise InputError(problem)
     return uri
@@ -111,10 +113,12 @@ def model_param_problem(kind: str, estimator: str | None, params: dict) -> str |
         from foldwise.tasks.models.sklearn_model import check_params
 
         return check_params(estimator, params)
-    if kind == "lightgbm":
-        from foldwise.tasks.models.lightgbm_model import check_params
-
-        return check_params(params)
+    if kind in ("lightgbm", "xgboost", "catboost"):
+        try:
+            module = importlib.import_module(f"foldwise.tasks.models.{kind}_model")
+        except ImportError as e:
+            return str(e)
+        return module.check_params(params)
     if kind == "torch_mlp":
         from foldwise.tasks.models.mlp_params import check_params
 
@@ -148,29 +152,34 @@ class DataFindings:
         return self.errors[0].message + more
 
 
-def data_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = None) -> DataFindings:
+def data_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = None,
+                  frames: tuple | None = None) -> DataFindings:
     """Read train and the other side (the spec's test, or `reference`) in full; check both.
 
     With `reference` the comparison is new training data (data.train) vs an old version;
     the spec's test set is then not read. Warnings whose code the spec's `checks.ignore`
     names are left out. Raises InputError when a file cannot be read.
     """
-    findings = _all_findings(spec, inputs, reference)
+    findings = _all_findings(spec, inputs, reference, frames)
     ignore = set(spec.checks.ignore)
     return replace(findings, warnings=tuple(f for f in findings.warnings if f.code not in ignore))
 
 
-def _all_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = None) -> DataFindings:
+def _all_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = None,
+                  frames: tuple | None = None) -> DataFindings:
+    """`frames`: (train, test) already read and stepped (the frame steps' output), checked instead of the files."""
     from foldwise.tasks.checks import Side, frame_errors, frame_warnings
     from foldwise.tasks.data import read_table
 
     try:
-        train = read_table(spec.data.train)
+        train = read_table(spec.data.train) if frames is None else frames[0]
     except DataError as e:
         raise InputError(f"data.train: {e}") from None
     other = None
     source, key, role = (reference, "--reference", "reference") if reference else (spec.data.test, "data.test", "test")
-    if source is not None:
+    if frames is not None and frames[1] is not None:
+        other = Side(frames[1], key=key, source=source, role=role)
+    elif source is not None:
         try:
             other = Side(read_table(source), key=key, source=source, role=role)
         except DataError as e:
@@ -182,7 +191,7 @@ def _all_findings(spec: WorkflowSpec, inputs: Inputs, reference: str | None = No
     return DataFindings(errors=(), warnings=warnings, train=train, other=other)
 
 
-def data_warnings(spec: WorkflowSpec, inputs: Inputs) -> tuple[list[str], DataFindings]:
+def data_warnings(spec: WorkflowSpec, inputs: Inputs, frames: tuple | None = None) -> tuple[list[str], DataFindings]:
     """The cheap data checks for `foldwise run`: every warning line (each ends with its code,
     `[leak]`), and the findings, whose frames the run prepares its arrays from (so the files are
     read once). The lines are cached with the data, so which of them a run shows (`shown_warnings`)
@@ -193,7 +202,7 @@ def data_warnings(spec: WorkflowSpec, inputs: Inputs) -> tuple[list[str], DataFi
     test ids, a column that is numeric in train but text in test past the first rows).
     No adversarial model, no drift statistics: `foldwise check` adds those.
     """
-    findings = _all_findings(spec, inputs)
+    findings = _all_findings(spec, inputs, frames=frames)
     if findings.errors:
         raise InputError(findings.first_error_line())
     return [f.line for f in findings.warnings], findings

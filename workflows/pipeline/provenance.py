@@ -26,7 +26,7 @@ def git_commit() -> str:
 # Libraries whose version can change a result. Every node: numpy/pandas/pyarrow read and encode
 # the data, scikit-learn assigns the folds and scores. Per built-in model type: what it computes with.
 COMMON_LIBRARIES = ("numpy", "pandas", "pyarrow", "scikit-learn")
-MODEL_LIBRARIES = {"sklearn": (), "lightgbm": ("lightgbm",), "torch_mlp": ("torch",),
+MODEL_LIBRARIES = {"sklearn": (), "lightgbm": ("lightgbm",), "xgboost": ("xgboost",), "catboost": ("catboost",), "torch_mlp": ("torch",),
                    "torch_image": ("torch", "timm", "albumentations", "opencv-python-headless", "pillow")}
 
 
@@ -55,6 +55,14 @@ def adapter_version(model_type: str, estimator: str | None = None) -> str:
         top_level = estimator.rpartition(".")[0].split(".")[0]
         parts.append(installed_version(top_level) or f"{top_level} source {source_hash(top_level)}")
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12] if parts else ""
+
+
+def metric_stamp(metric: str) -> str:
+    """A metric as a cache key part: a scorer name as it is; a user's `pkg.module:function` with
+    the source of its package, so editing the metric rescores (scorers change with sklearn's version)."""
+    if ":" not in metric:
+        return metric
+    return f"{metric}@{source_hash(metric.partition(':')[0].split('.')[0])}"
 
 
 def code_version(models: Sequence[ModelConfig] = ()) -> str:

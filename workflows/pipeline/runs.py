@@ -7,6 +7,7 @@ first wait in `FoldLog` until the runs are open.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -37,7 +38,9 @@ def set_up_when(work: IdleWork) -> Callable[[float, float], None]:
 
     def on_slots(busy: float, capacity: float) -> None:
         nonlocal first
-        if busy < capacity:
+        if math.isinf(capacity):  # folds in this process (no worker to protect): now, beside them
+            work.start_now(lower=False)
+        elif busy < capacity:
             work.start_now()
         elif first and (capacity <= 0 or _fills_to_the_end(busy, capacity)):
             work.start_now(lower=False)
@@ -105,6 +108,7 @@ class RunContext:
     startup_seconds: float  # Ray's start-up, 0 when nothing ran
     phases: Mapping[str, float]
     warnings: tuple[str, ...] = ()
+    executor: str = "ray"  # where the tasks ran: ray | local | none (all from the cache)
 
     @property
     def spec(self) -> WorkflowSpec:

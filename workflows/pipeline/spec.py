@@ -8,7 +8,6 @@ CLI can exit 2 before anything starts. Checks that need the data live in `check.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -16,8 +15,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from foldwise.tasks.models import BUILTIN_MODEL_TYPES, PREPROCESS_STEPS, resolve_model_class
+from foldwise.tasks.models import BUILTIN_MODEL_TYPES, resolve_model_class
 from foldwise.workflows.errors import SpecError
+from foldwise.workflows.pipeline.imports import estimator_class_of, first_line
+from foldwise.workflows.pipeline.spec_steps import Preprocess, Steps
+from foldwise.workflows.pipeline.yaml_limits import MAX_DEPTH, safe_load_bounded
 from foldwise.workflows.units import parse_size
 
 
@@ -43,7 +45,22 @@ class DataSpec(_Frozen):
 class CVSpec(_Frozen):
     scheme: Scheme | None = None  # None -> stratified for classification, kfold for regression
     folds: int = 5
-    seed: int = 42
+    repeats: int = 1  # >1: repeated CV, one fold plan per repeat (kfold/stratified: sklearn's Repeated*KFold)
+    seed: int = Field(42, ge=0, le=2**32 - 1)  # numpy's and sklearn's seeds are unsigned 32-bit
+
+    @field_validator("repeats")
+    @classmethod
+    def _at_least_one(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be at least 1 (got {v})")
+        return v
+
+    @model_validator(mode="after")
+    def _repeats_need_shuffled_folds(self) -> CVSpec:
+        if self.repeats > 1 and self.scheme == "time":
+            raise ValueError("cv.repeats > 1 needs a shuffled scheme: the time scheme's folds are the same in every "
+                             "repeat (use seeds: on the models for variance over seeds)")
+        return self
 
     @field_validator("folds")
     @classmethod
@@ -96,10 +113,18 @@ class ModelSpec(_Frozen):
     type: str = "sklearn"
     estimator: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
-    preprocess: list[str] = Field(default_factory=list)
+    preprocess: Preprocess = Field(default_factory=list)  # numeric steps, fold steps (tasks.fold_steps)
     resources: Resources = Resources()
     augment: AugmentSpec | None = None  # image models: albumentations pipelines
     tta: list[str] = Field(default_factory=list)  # image models: views averaged at predict time
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=list)  # seed averaging (tasks.seeds)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"seeds must be distinct (got {v})")
+        return v
 
     @field_validator("type")
     @classmethod
@@ -115,14 +140,8 @@ class ModelSpec(_Frozen):
             resolve_model_class(v)
         except (ImportError, AttributeError) as e:
             raise ValueError(f"cannot import model adapter {v!r}: {e}") from None
-        return v
-
-    @field_validator("preprocess")
-    @classmethod
-    def _known_steps(cls, v: list[str]) -> list[str]:
-        for step in v:
-            if step not in PREPROCESS_STEPS:
-                raise ValueError(f"unknown preprocess step {step!r} (valid: {', '.join(PREPROCESS_STEPS)})")
+        except Exception as e:  # noqa: BLE001 - a user module may raise anything at import
+            raise ValueError(f"model adapter {v!r}: importing it raised {type(e).__name__}: {first_line(e)}") from None
         return v
 
     @model_validator(mode="after")
@@ -151,15 +170,7 @@ class ModelSpec(_Frozen):
 
 
 def _check_estimator_path(path: str) -> None:
-    module_name, _, attr = path.replace(":", ".").rpartition(".")
-    if not module_name:
-        raise ValueError(f"estimator {path!r} is not an import path like sklearn.linear_model.Ridge")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError:
-        raise ValueError(f"estimator {path!r}: module {module_name!r} cannot be imported") from None
-    if not hasattr(module, attr):
-        raise ValueError(f"estimator {path!r}: module {module_name!r} has no {attr!r}")
+    estimator_class_of(path)
 
 
 class EnsembleSpec(_Frozen):
@@ -167,6 +178,21 @@ class EnsembleSpec(_Frozen):
     models: list[str] | None = None  # None -> every model
     meta: str | None = None  # stack meta-model import path; default logistic / ridge
     params: dict[str, Any] = Field(default_factory=dict)
+    layers: int = Field(1, ge=1, le=5)  # stack: layer k learns from layer k-1's OOF (tasks.stacking)
+    passthrough: bool = False  # stack: every layer also sees the original features
+
+    @model_validator(mode="after")
+    def _layers_are_for_stack(self) -> EnsembleSpec:
+        if (self.layers > 1 or self.passthrough) and self.method != "stack":
+            raise ValueError(f"layers and passthrough are for method stack (method is {self.method})")
+        return self
+
+    @field_validator("meta")
+    @classmethod
+    def _meta_estimator(cls, v: str | None) -> str | None:
+        if v is not None:
+            estimator_class_of(v)
+        return v
 
 
 def _check_search_param(entry: Any) -> Any:
@@ -179,9 +205,14 @@ def _check_search_param(entry: Any) -> Any:
 
 class SearchSpec(_Frozen):
     model: str | None = None  # None -> the only model (required when there are several)
+    models: list[str] | None = None  # several models in one study; space keys then read MODEL.param
     trials: int = 20
     space: dict[str, Annotated[Any, AfterValidator(_check_search_param)]] = Field(default_factory=dict)
     pruner: Literal["asha", "median", "none"] = "asha"
+    sampler: Literal["tpe", "random", "grid", "cmaes", "gp", "nsga2"] = "tpe"
+    seed: int | None = None  # the sampler's; None -> cv.seed
+    objectives: list[Literal["cv_score", "fit_seconds", "predict_seconds", "model_bytes"]] = ["cv_score"]
+    storage: str | None = None  # an Optuna storage URL (sqlite:///, postgresql://, mysql://) for optuna-dashboard
     parallel_folds: bool = False
     refit: bool = False
 
@@ -197,6 +228,20 @@ class SearchSpec(_Frozen):
     def _not_empty(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not v:
             raise ValueError("is empty; name at least one parameter, e.g. learning_rate: {loguniform: [0.01, 0.3]}")
+        return v
+
+    @field_validator("objectives")
+    @classmethod
+    def _score_among_objectives(cls, v: list[str]) -> list[str]:
+        if "cv_score" not in v or len(set(v)) != len(v):
+            raise ValueError(f"must name cv_score once, plus costs to minimise (got {v}); e.g. [cv_score, fit_seconds]")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:///", "postgresql://", "postgresql+", "mysql://", "mysql+")):
+            raise ValueError(f"must be an Optuna storage URL: sqlite:///PATH, postgresql://... or mysql://... (got {v!r})")
         return v
 
 
@@ -216,6 +261,8 @@ class ChecksSpec(_Frozen):
 
 class SubmissionSpec(_Frozen):
     kind: Literal["proba", "label"] = "proba"  # label: the predicted class names (classification)
+    # binary probability column named after the target (Kaggle's usual shape) or the positive class
+    column: Literal["target", "class"] = "target"
 
 
 class TrackingSpec(_Frozen):
@@ -227,9 +274,11 @@ class WorkflowSpec(_Frozen):
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     data: DataSpec
     task: Task | None = None  # None -> inferred from the target
-    metric: str | None = None  # None -> roc_auc / accuracy / neg_root_mean_squared_error
+    metric: str | None = None  # None -> roc_auc / accuracy / neg_root_mean_squared_error; or 'pkg.module:function'
     cv: CVSpec = CVSpec()
     features: FeaturesSpec = FeaturesSpec()
+    steps: Steps = Field(default_factory=list)  # frame steps, run once before the folds
+    preprocess: Preprocess = Field(default_factory=list)  # fold steps for every model, before its own
     models: list[ModelSpec] = Field(min_length=1)
     ensemble: EnsembleSpec = EnsembleSpec()
     search: SearchSpec | None = None
@@ -248,8 +297,14 @@ class WorkflowSpec(_Frozen):
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, v: str | None) -> str | None:
-        from foldwise.tasks.metrics import METRIC_NAMES, metric_suggestions
+        from foldwise.tasks.metrics import METRIC_NAMES, MetricError, is_custom, metric_suggestions, resolve_metric
 
+        if v is not None and is_custom(v):  # the user's own function, 'pkg.module:function'
+            try:
+                resolve_metric(v, fresh=True)
+            except MetricError as e:
+                raise ValueError(str(e)) from None
+            return v
         if v is not None and v not in METRIC_NAMES:
             close = metric_suggestions(v) or [m for m in METRIC_NAMES if v.replace("neg_", "") in m][:5]
             hint = f"; did you mean {', '.join(close)}?" if close else "; see sklearn.metrics.get_scorer_names()"
@@ -270,6 +325,9 @@ class WorkflowSpec(_Frozen):
                 raise ValueError(f"ensemble.models: unknown model(s) {', '.join(unknown)} (models: {', '.join(names)})")
         if self.search is not None and self.search.model is not None and self.search.model not in names:
             raise ValueError(f"search.model: {self.search.model!r} is not one of the models ({', '.join(names)})")
+        unknown = [m for m in (self.search.models or []) if m not in names] if self.search is not None else []
+        if unknown:
+            raise ValueError(f"search.models: unknown model(s) {', '.join(unknown)} (models: {', '.join(names)})")
         return self
 
     @property
@@ -293,7 +351,7 @@ def load_spec(source: str | Path | dict[str, Any], overrides: list[str] | tuple[
         if not path.is_file():
             raise SpecError(f"spec file {str(path)!r} does not exist")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = safe_load_bounded(path.read_text(), f"spec file {str(path)!r}")
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -318,16 +376,18 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     """`a.b.0.c=value` -> raw['a']['b'][0]['c'] = yaml(value), in place."""
     key, sep, value_text = item.partition("=")
     if not sep or not key:
-        raise SpecError(f"--set {item!r}: expected key.path=value")
+        raise SpecError(f"--set {item[:80]!r}: expected key.path=value")
+    if key.count(".") >= MAX_DEPTH:
+        raise SpecError(f"--set {key[:80]}...: {key.count('.') + 1} key segments; a spec nests at most {MAX_DEPTH}")
     try:
-        value = yaml.safe_load(value_text) if value_text != "" else ""
+        value = safe_load_bounded(value_text, f"--set {key}") if value_text != "" else ""
     except yaml.YAMLError:
         value = value_text
     parts = key.split(".")
     node: Any = raw
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
-        here = ".".join(parts[: i + 1])
+        here = ".".join(parts[: i + 1])  # bounded: at most MAX_DEPTH segments
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
                 raise SpecError(f"--set {key}: {here!r} needs a list index below {len(node)}")
@@ -350,7 +410,10 @@ def _resolve_paths(spec: WorkflowSpec, base: Path) -> WorkflowSpec:
     def fix(p: str | None) -> str | None:
         if p is None or p.startswith("sklearn:") or "://" in p or Path(p).is_absolute():
             return p
-        return str((base / p).resolve())
+        try:
+            return str((base / p).resolve())
+        except (RuntimeError, OSError):  # a symlink loop: the data check names it
+            return str((base / p).absolute())
 
     data = spec.data.model_copy(update={"train": fix(spec.data.train), "test": fix(spec.data.test)})
     models = [m.model_copy(update={"params": {**m.params, "weights": fix(m.params["weights"])}})

@@ -153,6 +153,9 @@ class Tracker:
     def log_artifacts(self, run_id: str, folder: Path) -> None:
         self.client.log_artifacts(run_id, str(folder))
 
+    def log_file(self, run_id: str, path: Path) -> None:
+        self.client.log_artifact(run_id, str(path))
+
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
@@ -275,6 +278,42 @@ def server_unreachable(uri: str, timeout: float = 5.0) -> str | None:
     return None
 
 
+# Schemes MLflow's own tracking-store registry opens (mlflow/tracking/_tracking_service/utils.py);
+# plugins add theirs through the `mlflow.tracking_store` entry point group.
+_BUILTIN_SCHEMES = ("", "file", "http", "https", "databricks", "databricks-uc", "uc", "sqlite", "postgresql",
+                    "mysql", "mssql")
+
+
+def uri_problem(uri: str) -> str | None:
+    """Why MLflow could not open a tracking URI for writing, else None: an unknown scheme, a sqlite or
+    file store whose folder is a file or missing its parent, a server where nothing answers. Cheap
+    (MLflow is not imported): checked before any compute starts."""
+    scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+    if scheme not in _BUILTIN_SCHEMES:
+        from importlib.metadata import entry_points
+
+        plugins = sorted(ep.name for ep in entry_points(group="mlflow.tracking_store"))
+        if scheme not in plugins:
+            valid = ", ".join(s for s in (*_BUILTIN_SCHEMES, *plugins) if s)
+            return f"tracking URI {uri!r}: MLflow has no tracking store for scheme {scheme!r} (valid: {valid})"
+        return None
+    if scheme in ("http", "https"):
+        return server_unreachable(uri)
+    if scheme == "sqlite":
+        if not uri.startswith("sqlite:///"):
+            return f"tracking URI {uri!r}: expected sqlite:///PATH (three slashes, then the file)"
+        path = Path.cwd() / uri.removeprefix("sqlite:///")  # an absolute PATH stays absolute
+        if path.is_dir():
+            return f"tracking URI {uri!r}: {str(path)!r} is a folder, not a sqlite file"
+        if not path.parent.is_dir():
+            return f"tracking URI {uri!r}: folder {str(path.parent)!r} does not exist"
+    if scheme in ("", "file"):
+        path = Path(uri.removeprefix("file://"))
+        if path.exists() and not path.is_dir():
+            return f"tracking URI {uri!r}: {str(path)!r} is a file; a file store is a folder"
+    return None
+
+
 def store_missing(uri: str) -> str | None:
     """Why a store cannot be read (a missing sqlite file would be created empty; a server that
     does not answer), else None."""
@@ -350,11 +389,17 @@ class RunReader:
                               "pass a run id, or PARENT/MODEL for a model's child run")
         return self._record(runs[0])
 
-    def children(self, parent_id: str) -> list[RunRecord]:
+    def children(self, parent_id: str, running_only: bool = False) -> list[RunRecord]:
         parent = self.client.get_run(parent_id)
-        runs = self.client.search_runs([parent.info.experiment_id],
-                                       filter_string=f"tags.`{TAG_PARENT}` = '{parent_id}'", max_results=1000)
-        return [self._record(r) for r in runs]
+        query = f"tags.`{TAG_PARENT}` = '{parent_id}'" + (" and attributes.status = 'RUNNING'" if running_only else "")
+        out, token = [], None
+        while True:  # page by page: a sweep of thousands of trials has thousands of children
+            page = self.client.search_runs([parent.info.experiment_id], filter_string=query,
+                                           max_results=1000, page_token=token)
+            out += [self._record(r) for r in page]
+            token = page.token
+            if not token:
+                return out
 
     def history(self, run_id: str, key: str) -> list[float]:
         """A stepped metric's values in step order (last value per step)."""
