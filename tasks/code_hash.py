@@ -81,3 +81,32 @@ def module_source_hash(module_name: str) -> str:
         h.update(name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:12]
+
+
+def project_sources(module_name: str) -> list[Path]:
+    """What to ship with a model so `module_name` imports where it was not installed: its top-level
+    package's folder, or a top-level module's file and the files beside it that it imports. Empty
+    for installed code (site-packages, the standard library, foldwise itself): the model's
+    requirements bring that."""
+    import sysconfig
+
+    top = module_name.split(".")[0]
+    if top == "foldwise":
+        return []
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError):
+        return []
+    if spec is None:
+        return []
+    installed = {Path(p).resolve() for key in ("purelib", "platlib", "stdlib", "platstdlib")
+                 if (p := sysconfig.get_paths().get(key))}
+
+    def user_code(path: Path) -> bool:
+        resolved = path.resolve()
+        return not any(resolved.is_relative_to(root) for root in installed) and "site-packages" not in resolved.parts
+
+    if spec.submodule_search_locations:  # a package: its folder(s)
+        return [Path(f) for f in spec.submodule_search_locations if user_code(Path(f))]
+    files = [path for _, path in module_closure(module_name)]
+    return [f for f in files if user_code(f)]

@@ -84,6 +84,9 @@ class Predictor:
     meta: dict[str, Any] = field(default_factory=dict)  # run id, metric, cv scores: for people
     slots: dict[str, tuple[float, float]] = field(default_factory=dict)  # model -> (cpus, gpus) it trained with
     steps: tuple[Any, ...] = ()  # the run's frame steps (tasks.steps.FrameStepConfig), replayed on new rows first
+    raw_columns: tuple[str, ...] = ()  # with steps: the columns the steps took (the training data as read, no target)
+    step_rows: pd.DataFrame | None = None  # with a `together` step: the training rows as read (no target), which
+    # that step saw stacked with the test rows, and sees stacked with new rows
 
     @property
     def n_classes(self) -> int:
@@ -98,7 +101,35 @@ class Predictor:
         """The pyfunc's columns: one per class (classification) or the target (regression)."""
         return [str(c) for c in self.classes] if self.classes else [self.target]
 
-    # ------------------------------------------------------------------ encoding and checks
+    # ------------------------------------------------------------------ frame steps, encoding and checks
+
+    def check_raw_columns(self, frame: pd.DataFrame, source: str = "data") -> None:
+        """With frame steps: every column the steps took in the run (but the id) is present; raises
+        PredictInputError (a step may read any of them, so none can be missing)."""
+        needed = [c for c in getattr(self, "raw_columns", ()) if c != self.id_column]
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            names = [s.name for s in self.steps]
+            raise PredictInputError(f"{source}: missing column(s) {', '.join(map(repr, missing[:8]))}"
+                                    f"{f' ({len(missing)} in all)' if len(missing) > 8 else ''}; the run's frame "
+                                    f"steps ({', '.join(names)}) took every column of its data")
+
+    def stepped(self, frame: pd.DataFrame, source: str = "data") -> pd.DataFrame:
+        """New rows through the run's frame steps (as the run's test file went), or as they are
+        without steps. PredictInputError for a missing column, a step module this process cannot
+        import or a step result that breaks a rule; StepRaised when a step's function raises."""
+        if not getattr(self, "steps", ()):
+            return frame
+        from foldwise.tasks.steps import StepError, replay_frame_steps, step_import_problem
+
+        self.check_raw_columns(frame, source)
+        problem = step_import_problem(self.steps)
+        if problem:
+            raise PredictInputError(problem)
+        try:
+            return replay_frame_steps(self.steps, frame, getattr(self, "step_rows", None), self.id_column, self.target)
+        except StepError as e:
+            raise PredictInputError(f"{source}: {e}") from None
 
     def check_columns(self, frame: pd.DataFrame, source: str = "data") -> None:
         """Every feature present and of the kind it had in training; raises PredictInputError."""
@@ -175,13 +206,7 @@ class LoadedPredictor:
         """`output` (a model's name or "ensemble") on raw rows: (n,) P(positive class) / value, or (n, K)."""
         p = self.predictor
         check_output(p, output)
-        if getattr(p, "steps", ()):  # the run's frame steps on the new rows alone (a `together` step sees only these rows)
-            from foldwise.tasks.steps import StepError, apply_frame_steps
-
-            try:
-                frame, _ = apply_frame_steps(p.steps, frame, None, p.id_column, p.target)
-            except StepError as e:
-                raise PredictInputError(str(e)) from None
+        frame = p.stepped(frame)
         p.check_columns(frame)
         enc = p.encode(frame, image_folder)
         names = p.blend.names if output == ENSEMBLE else (output,)
@@ -244,9 +269,11 @@ def build_predictor(data: PreparedData, plan: FoldPlan, folds: dict[str, list[Fo
                     names: list[str], seed: int, meta: str | None = None, meta_params: dict | None = None,
                     kinds: dict[str, str] | None = None, image_folder: str | None = None,
                     info: dict[str, Any] | None = None, slots: dict[str, tuple[float, float]] | None = None,
-                    layers: int = 1, passthrough: bool = False, steps: tuple[Any, ...] = ()) -> Predictor:
+                    layers: int = 1, passthrough: bool = False, steps: tuple[Any, ...] = (),
+                    raw: pd.DataFrame | None = None) -> Predictor:
     """Pack a finished run. `names`: the ensemble's models (spec.ensemble.models or all);
-    `kinds`: column -> numeric | categorical | datetime (default: categorical iff it has levels)."""
+    `kinds`: column -> numeric | categorical | datetime (default: categorical iff it has levels);
+    `raw`: with `steps`, the training data as read (the steps' input; kept when a step is `together`)."""
     models = {}
     for name, results in folds.items():
         missing = [r.fold for r in results if r.fitted is None]
@@ -265,7 +292,21 @@ def build_predictor(data: PreparedData, plan: FoldPlan, folds: dict[str, list[Fo
                      columns=tuple(data.columns), kinds=kinds, categories=dict(data.categories), models=models,
                      blend=blend, reference=np.ascontiguousarray(data.X[rows]), fingerprint=data.fingerprint,
                      image_column=data.image_column, image_folder=image_folder, meta=dict(info or {}),
-                     slots=dict(slots or {}), steps=tuple(steps))
+                     slots=dict(slots or {}), steps=tuple(steps), **_step_inputs(steps, raw, data.target))
+
+
+def _step_inputs(steps: tuple[Any, ...], raw: pd.DataFrame | None, target: str) -> dict[str, Any]:
+    """raw_columns and step_rows of a run with frame steps: the training rows are kept only when a
+    step runs on train and test together, since it must see them stacked with new rows."""
+    if not steps:
+        return {}
+    if raw is None:
+        raise ValueError("a run with frame steps needs its training data as read (raw) to be saved as a model")
+    from foldwise.tasks.steps import feature_frame
+
+    rows = feature_frame(raw, target)
+    together = any(s.mode == "together" for s in steps)
+    return {"raw_columns": tuple(map(str, rows.columns)), "step_rows": rows if together else None}
 
 
 def _stack_metas(data: PreparedData, plan: FoldPlan, folds: dict[str, list[FoldResult]], names: list[str], seed: int,

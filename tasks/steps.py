@@ -318,3 +318,40 @@ def with_target(stepped: pd.DataFrame, original: pd.DataFrame, target: str) -> p
     if target not in original.columns:
         return stepped
     return stepped.assign(**{target: original[target].to_numpy()})
+
+
+# --------------------------------------------------------------------------- replaying a run's steps on new rows
+
+
+def step_import_problem(steps: Sequence[FrameStepConfig]) -> str | None:
+    """The first step whose function cannot be imported in this process, in one line naming the step
+    and its module (a model loaded where the user's step code is not), or None."""
+    for s in steps:
+        module = s.fn.partition(":")[0]
+        try:
+            resolve_step_fn(s.fn)
+        except StepError as e:
+            return (f"step {s.name!r} of this run needs {s.fn} (module {module!r}), which this process cannot "
+                    f"import: {e}; install it, or load the model where the run's project folder is importable")
+    return None
+
+
+def replay_frame_steps(steps: Sequence[FrameStepConfig], new: pd.DataFrame, train_rows: pd.DataFrame | None,
+                       id_column: str | None, target: str) -> pd.DataFrame:
+    """A run's frame steps on new rows, as the run applied them to its test file: an `apart` step on
+    the new rows alone, a `together` step on the run's training rows (`train_rows`, as read, no target)
+    stacked with the new rows. Returns the stepped new rows (0..n-1 index). Raises StepError
+    (a result that breaks a rule, a module that cannot be imported) or StepRaised."""
+    if not steps:
+        return new
+    together = [s.name for s in steps if s.mode == "together"]
+    if together and train_rows is None:
+        raise StepError(f"step {together[0]!r} runs on the training and test rows together (mode: together), "
+                        "and this model does not hold the training rows it needs")
+    ids = id_column if id_column is not None and id_column in new.columns else None
+    if together:
+        _, stepped = apply_frame_steps(steps, train_rows, feature_frame(new, target), ids, target)
+        assert stepped is not None
+        return stepped
+    stepped, _ = apply_frame_steps(steps, feature_frame(new, target), None, ids, target)
+    return stepped

@@ -17,6 +17,7 @@ import json
 import sys
 import time
 from collections import deque
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,22 +75,25 @@ def run_predict(run: str, data: str, *, out: str | Path | None = None, model: st
         raise InputError(f"--chunk-rows: at least 1 (got {chunk_rows})")
     src = _resolve(run, tracking_uri)
     p = src.predictor
-    if getattr(p, "steps", ()):
-        raise InputError("foldwise predict does not replay a run's frame steps (steps:) on chunks yet; load the run's "
-                         "logged model (mlflow.pyfunc.load_model), which does")
     try:
         check_output(p, model)
         header = read_header(data)
-        p.check_columns(header, data)
+        if p.steps:
+            p.check_raw_columns(header, data)
+            chunks, rows = _stepped_chunks(p, data, chunk_rows)
+        else:
+            p.check_columns(header, data)
     except (PredictInputError, DataError) as e:
         raise InputError(str(e)) from None
     id_col = p.id_column if p.id_column and p.id_column in header.columns else None
     columns = list(dict.fromkeys([*([id_col] if id_col else []), *p.columns, *([p.image_column] if p.image_column else [])]))
+    if not p.steps:
+        chunks, rows = read_chunks(data, columns, chunk_rows), count_rows(data)
     notes = [] if id_col or not p.id_column else [f"id column {p.id_column!r} is not in {data}: rows are numbered instead"]
     names = list(p.blend.names) if model == ENSEMBLE else [model]
     ex = LazyExecutor(executor, address)
     try:
-        base, ids, facts = _predict_chunks(ex, p, names, data, columns, id_col, chunk_rows, progress)
+        base, ids, facts = _predict_chunks(ex, p, names, data, chunks, rows, id_col, chunk_rows, progress)
     except TaskFailed as e:
         raise RunFailed(f"{e}", None) from None
     finally:
@@ -134,12 +138,28 @@ def _resolve(run: str, tracking_uri: str | None) -> _Source:
     return _Source(predictor, where["run_id"], where["experiment"] or "foldwise-predict", where["model_uri"], uri)
 
 
-def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str, columns: list[str],
-                    id_col: str | None, chunk_rows: int, progress: bool
+def _stepped_chunks(p: Predictor, data: str, chunk_rows: int) -> tuple[Iterator[pd.DataFrame], int]:
+    """A run with frame steps: the whole file read, the steps replayed on it as the run replayed them
+    on its test file (a step may read every row: counts, ranks), then cut in chunks for the folds.
+    PredictInputError for a bad step result or a step module that cannot be imported, RunFailed
+    when a step's function raises (nothing is written either way: no run has started)."""
+    from foldwise.tasks.data import read_table
+    from foldwise.tasks.steps import StepRaised
+
+    frame = read_table(data)
+    try:
+        stepped = p.stepped(frame, data)
+    except StepRaised as e:
+        raise RunFailed(str(e), None) from None
+    del frame
+    return (stepped.iloc[i:i + chunk_rows] for i in range(0, len(stepped), chunk_rows)), len(stepped)
+
+
+def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str, chunks: Iterable[pd.DataFrame],
+                    rows: int | None, id_col: str | None, chunk_rows: int, progress: bool
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
     """Every chunk: encode once, put once, one task per model x fold; two chunks in flight at most."""
     drift, unknown, digest = DriftCounter(p), {}, hashlib.sha256()
-    rows = count_rows(data)
     per_chunk = sum(len(p.models[n]) for n in names)
     total = -(-rows // chunk_rows) * per_chunk if rows is not None else None
     shell = folds = None
@@ -164,7 +184,7 @@ def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str,
             blended.append(blend_predictions(p.blend, {n: parts[n][-1] for n in names}, p.task, p.n_classes, X_kept))
 
     with FoldProgress(progress, total) as bar:  # type: ignore[arg-type] - None: rows unknown (text file)
-        for chunk in read_chunks(data, columns, chunk_rows):
+        for chunk in chunks:
             try:
                 p.check_columns(chunk, f"{data} (rows {seen}-{seen + len(chunk) - 1})")
                 enc = p.encode(chunk, image_folder)

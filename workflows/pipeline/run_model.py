@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from foldwise.tasks import images
-from foldwise.tasks.data import DataError, read_header
+from foldwise.tasks.data import DataError, read_header, read_table
 from foldwise.tasks.predictor import Predictor, build_predictor
 from foldwise.workflows.pipeline.dag import DagOutput
 from foldwise.workflows.pipeline.plan import RunPlan
@@ -18,6 +18,8 @@ def run_predictor(plan: RunPlan, dag: DagOutput, run_id: str) -> Predictor:
     """The run's fold models, ensemble and encoding as one Predictor."""
     spec, data = plan.spec, dag.data
     names = spec.ensemble.models or [m.name for m in plan.models]
+    steps = tuple(step_config(s) for s in topo_steps(spec))
+    raw = read_table(plan.inputs.data.train) if steps else None  # what the steps took, as run_steps reads it
     return build_predictor(data, dag.plan, dag.folds, dag.ensemble, list(names), spec.cv.seed, spec.ensemble.meta,
                            dict(spec.ensemble.params), kinds=_kinds(plan, data.columns, data.categories),
                            image_folder=images.table_folder(plan.inputs.data.train) if data.image_column else None,
@@ -25,7 +27,7 @@ def run_predictor(plan: RunPlan, dag: DagOutput, run_id: str) -> Predictor:
                                  "cv_score": dag.ensemble.cv_score, "folds_hash": dag.plan.hash},
                            slots={m.name: (m.cpus, m.gpus) for m in plan.models},
                            layers=spec.ensemble.layers, passthrough=spec.ensemble.passthrough,
-                           steps=tuple(step_config(s) for s in topo_steps(spec)))
+                           steps=steps, raw=raw)
 
 
 def log_model(plan: RunPlan, dag: DagOutput, uri: str, run_id: str, register: str | None) -> dict[str, Any]:

@@ -41,7 +41,14 @@ class FoldwiseModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         with open(context.artifacts["predictor"], "rb") as f:
-            self._loaded: LoadedPredictor = pickle.load(f).load()
+            predictor: Predictor = pickle.load(f)
+        if getattr(predictor, "steps", ()):  # fail at load, naming the step, not at the first predict
+            from foldwise.tasks.steps import step_import_problem
+
+            problem = step_import_problem(predictor.steps)
+            if problem:
+                raise ImportError(problem)
+        self._loaded: LoadedPredictor = predictor.load()
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         output = str((params or {}).get("model") or ENSEMBLE)
@@ -86,6 +93,19 @@ def requirements(p: Predictor, model_packages: tuple[str, ...] = ()) -> list[str
     return sorted(set(out))
 
 
+def step_code_paths(p: Predictor) -> list[str]:
+    """The user's own step modules (not installed: a package folder or a plain file in the project
+    folder) as MLflow `code_paths`: copied into the model's `code/`, which MLflow puts first on
+    sys.path when it loads the model, so the steps import wherever the model is loaded."""
+    from foldwise.tasks.code_hash import project_sources
+
+    out: dict[str, None] = {}
+    for s in getattr(p, "steps", ()):
+        for path in project_sources(s.fn.partition(":")[0]):
+            out[str(path)] = None
+    return list(out)
+
+
 @contextlib.contextmanager
 def _in_folder(folder: str) -> Iterator[None]:
     """Run with `folder` as the working directory: MLflow's save_model reads the working directory,
@@ -118,6 +138,7 @@ def log_run_model(uri: str, run_id: str, p: Predictor, model_packages: tuple[str
                                 params={"model": ENSEMBLE})
     if getattr(p, "steps", ()):  # it takes the raw columns and makes the step columns itself: no column schema to enforce
         signature, example = None, None
+    code = step_code_paths(p)
     with tempfile.TemporaryDirectory(prefix="foldwise-model-") as tmp:
         pkl = Path(tmp) / PREDICTOR_FILE
         with open(pkl, "wb") as f:
@@ -129,7 +150,7 @@ def log_run_model(uri: str, run_id: str, p: Predictor, model_packages: tuple[str
         try:
             with _no_requirement_check(), _in_folder(tmp):
                 mlflow.pyfunc.save_model(str(path), python_model=FoldwiseModel(), artifacts={"predictor": str(pkl)},
-                                         signature=signature, input_example=example,
+                                         signature=signature, input_example=example, code_paths=code or None,
                                          pip_requirements=requirements(p, model_packages))
         finally:
             quiet.setLevel(level)
