@@ -44,10 +44,42 @@ def installed_version(top_level: str) -> str | None:
     return " ".join(library_versions(tuple(sorted(dists)))) if dists else None
 
 
+@cache
+def _installed_roots() -> tuple[Path, ...]:
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    return tuple(Path(p).resolve() for key in ("purelib", "platlib", "stdlib", "platstdlib") if (p := paths.get(key)))
+
+
+def user_code(top_level: str) -> bool:
+    """A user's own module or package (edited between runs), not installed code: neither foldwise
+    itself (its own code is versioned by the tasks it runs) nor anything under site-packages or
+    the standard library, whose versions key results instead. Scanning those as a user's folder
+    would hash (and, after an edit, forget) tens of thousands of files: foldwise's source tree
+    holds a virtual environment in development and in CI."""
+    if top_level == "foldwise":
+        return False
+    try:
+        spec = importlib.util.find_spec(top_level)
+    except (ImportError, ValueError):
+        return False
+    if spec is None or spec.origin in ("built-in", "frozen"):
+        return False
+    places = list(spec.submodule_search_locations or []) or ([spec.origin] if spec.origin else [])
+    for place in places:
+        resolved = Path(place).resolve()
+        if "site-packages" in resolved.parts or any(resolved.is_relative_to(r) for r in _installed_roots()):
+            return False
+    return bool(places)
+
+
 def source_files(top_level: str) -> list[tuple[Path, Path]]:
-    """(folder, file) of every .py file of a top-level package, recursively, or of the folder
+    """(folder, file) of every .py file of a user's top-level package, recursively, or of the folder
     holding a top-level module (its siblings are what it imports as helpers). Found without
-    importing it."""
+    importing it. Empty for installed code (see `user_code`)."""
+    if not user_code(top_level):
+        return []
     spec = importlib.util.find_spec(top_level)
     if spec is None:
         return []
@@ -63,6 +95,12 @@ def source_files(top_level: str) -> list[tuple[Path, Path]]:
 def source_hash(top_level: str, files: list[tuple[Path, Path]] | None = None) -> str:
     """Hash of those files' names and bytes. Never cached: a notebook's edits between runs count."""
     h = hashlib.sha256(top_level.encode())
+    if files is None and not user_code(top_level):  # installed: its version says what it computes
+        try:
+            h.update(str(installed_version(top_level) if top_level != "foldwise" else "foldwise").encode())
+        except ImportError:
+            h.update(b"absent")
+        return h.hexdigest()[:12]
     for folder, path in source_files(top_level) if files is None else files:
         h.update(path.relative_to(folder).as_posix().encode())
         h.update(path.read_bytes())
@@ -80,6 +118,8 @@ def import_fresh(module_name: str) -> ModuleType:
     A module this process had imported before it first came through here counts as current.
     """
     top = module_name.split(".")[0]
+    if not user_code(top):  # installed code is not edited between runs: nothing to re-import
+        return importlib.import_module(module_name)
     files = source_files(top)
     now = source_hash(top, files)
     if _imported.get(top, now) != now:

@@ -60,3 +60,19 @@ def test_an_sklearn_estimator_from_a_users_module_is_the_edited_one(package) -> 
     (folder / "helpers.py").write_text("K = 4444\n")
     assert estimator_class(f"{name}.model.Est").k == 4444
     assert estimator_class("sklearn.linear_model.LogisticRegression").__module__.startswith("sklearn.")
+
+
+def test_installed_code_and_foldwise_itself_are_never_scanned_nor_forgotten() -> None:
+    """foldwise's source tree holds a virtual environment (in development and in CI): hashing a
+    step from `foldwise.workflows.examples` as a user's package scanned ~20k files and, after any
+    edit of the tree, dropped numpy and ray from sys.modules mid-session."""
+    import numpy
+
+    from foldwise.tasks.source import source_files, user_code
+
+    for top in ("foldwise", "numpy", "sklearn", "os", "json"):
+        assert not user_code(top) and source_files(top) == [], top
+    assert source_hash("foldwise") == source_hash("foldwise") and source_hash("numpy") != source_hash("sklearn")
+    module = import_fresh("foldwise.workflows.examples.demo_features")
+    assert module is sys.modules["foldwise.workflows.examples.demo_features"] and sys.modules["numpy"] is numpy
+    assert user_code("tests"), "this repository's own test helpers are a user's code"
