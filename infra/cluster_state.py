@@ -2,7 +2,8 @@
 
 Read by `foldwise.infra.cluster` (which writes it, and stops exactly the recorded process trees)
 and by `foldwise.infra.jobs` (which finds the desktop cluster's dashboard when no --address is
-given). Standard library only, so reading it costs nothing.
+given) and the Ray executor (which joins its head instead of starting a second Ray on the same
+cores). Standard library only (psutil when a head is recorded), so reading it costs nothing.
 """
 
 from __future__ import annotations
@@ -49,3 +50,28 @@ class ClusterState:
         raw = json.loads(path.read_text())
         raw["services"] = tuple(Service(**s) for s in raw["services"])
         return ClusterState(**raw)
+
+
+def running_head(directory: str | Path = DEFAULT_DIR) -> ClusterState | None:
+    """The desktop cluster recorded in `directory` (this folder's `.foldwise/cluster` by default),
+    if its Ray head is still the process `up` started (not a reused pid); else None.
+
+    An unreadable record counts as no cluster: `foldwise cluster status` is where it is reported."""
+    try:
+        state = ClusterState.load(Path(directory).resolve())
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if state is None:
+        return None
+    import psutil
+
+    for s in state.services:
+        if s.name != "ray":
+            continue
+        try:
+            p = psutil.Process(s.pid)
+            if abs(p.create_time() - s.create_time) < 1.0 and p.status() != psutil.STATUS_ZOMBIE:
+                return state
+        except psutil.Error:
+            return None
+    return None

@@ -180,6 +180,40 @@ def test_token_auth_is_on_and_works(cluster, bc_job):
     assert missing.returncode == 2 and "no job 'no-such-job'" in missing.stderr
 
 
+def _driver_jobs(c: Cluster) -> list[dict]:
+    r = c.api("/api/jobs/")
+    assert r.status_code == 200, r.text[:300]
+    return [j for j in r.json() if j.get("type") == "DRIVER"]
+
+
+def test_a_run_from_the_clusters_folder_joins_its_head_instead_of_starting_a_ray(cluster, tmp_path):
+    """`foldwise run` in the folder `cluster up` ran from (.foldwise/cluster there) drives the
+    running head: its driver is one of the head's jobs, and no second Ray starts on these cores."""
+    project = tmp_path / "project"
+    (project / ".foldwise").mkdir(parents=True)
+    (project / ".foldwise" / "cluster").symlink_to(cluster.dir)
+    before = {j["job_id"] for j in _driver_jobs(cluster)}
+    done = subprocess.run([*foldwise_cmd(), "run", str(REPO / SPEC), "--executor", "ray", "--no-progress",
+                           "--out", str(tmp_path / "out")], cwd=project, env=cluster.env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f"joining the desktop cluster in .foldwise/cluster (Ray head {cluster.gcs}" in done.stderr
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["executor"] == "ray" and 0.98 < summary["ensemble"]["cv_score"] <= 1.0
+    new = [j for j in _driver_jobs(cluster) if j["job_id"] not in before]
+    assert len(new) == 1 and new[0]["status"] == "SUCCEEDED", new
+    # the run kept its own tracking (this folder's sqlite), not the cluster's server
+    assert summary["tracking_uri"].startswith("sqlite:") and (project / "mlflow.db").exists()
+
+    # --address local (and other folds, so that Ray must start): a private Ray, no new driver on the head
+    private = subprocess.run([*foldwise_cmd(), "run", str(REPO / SPEC), "--executor", "ray", "--address", "local",
+                              "--set", "cv.seed=7", "--no-progress", "--out", str(tmp_path / "out2")], cwd=project, env=cluster.env,
+                             capture_output=True, text=True, timeout=300)
+    assert private.returncode == 0, private.stderr[-3000:]
+    assert "joining the desktop cluster" not in private.stderr
+    assert {j["job_id"] for j in _driver_jobs(cluster)} == before | {new[0]["job_id"]}
+
+
 # --------------------------------------------------------------------------- two nodes, shared storage on S3
 
 

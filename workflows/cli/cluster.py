@@ -101,8 +101,9 @@ def status(directory: Path) -> int:
 
 
 def print_addresses(state: ClusterState) -> None:
-    print(f"Ray head         {state.gcs_address}   (drivers on this machine: RAY_AUTH_MODE=token foldwise run SPEC "
-          f"--address {state.gcs_address})")
+    joins = ("foldwise run/check/ablate/sweep from this folder join it" if state.dir.endswith(DEFAULT_DIR)
+             else f"drivers on this machine: foldwise run SPEC --address {state.gcs_address}")
+    print(f"Ray head         {state.gcs_address}   ({joins})")
     print(f"Ray dashboard    {state.dashboard_url}   (Jobs API; submit here)")
     print(f"MLflow           {state.mlflow_url}   (tracking server and UI)")
     for k in ("FOLDWISE_CACHE", "FOLDWISE_OUTPUTS"):

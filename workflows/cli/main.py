@@ -41,7 +41,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="workflow spec (YAML)")
     p.add_argument("--out", help="output folder (default outputs/<spec name>/<run id>/)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: spec, $MLFLOW_TRACKING_URI, sqlite:///mlflow.db)")
-    p.add_argument("--address", help="Ray address (default: start a local Ray)")
+    p.add_argument("--address", help="Ray address (default: the desktop cluster `foldwise cluster up` started from "
+                   "this folder if it runs, else a new local Ray; `local`: always a new local Ray)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                    help="override a spec key, e.g. --set cv.folds=10 --set models.0.params.C=0.5")
     p.add_argument("--executor", choices=("auto", "ray", "local"), default="auto",

@@ -98,24 +98,29 @@ class RayExecutor:
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
         start = time.perf_counter()  # start-up = importing Ray (~0.5 s) + starting or joining the cluster
+        if address is not None:
+            _reachable(address)
+        if address not in (None, "local") and not connected():
+            # Ray turns token auth on by itself only for clusters it starts or finds; for an
+            # explicit address it must be asked to, or a token-protected head refuses us. Ray
+            # reads RAY_AUTH_MODE into its config when it is imported: set it before that.
+            from foldwise.infra.ray_token import RayTokenError, has_token
+
+            try:
+                if "RAY_AUTH_MODE" not in os.environ and has_token():
+                    os.environ["RAY_AUTH_MODE"] = "token"
+                    if "ray" in sys.modules:  # imported already (by the user's code): re-read the config
+                        from ray._raylet import Config
+
+                        Config.initialize("")
+            except RayTokenError as e:
+                raise ClusterUnreachable(f"--address {address}: {e}") from None
         import ray
 
         self._ray = ray
-        if address is not None:
-            _reachable(address)
         self.owns_cluster = not ray.is_initialized()
         if self.owns_cluster:
             os.environ.setdefault("RAY_task_oom_retries", str(OOM_RETRIES))
-            if address is not None:
-                # Ray turns token auth on by itself only for clusters it starts or finds; for an
-                # explicit address it must be asked to, or a token-protected head refuses us.
-                from foldwise.infra.ray_token import RayTokenError, has_token
-
-                try:
-                    if "RAY_AUTH_MODE" not in os.environ and has_token():
-                        os.environ["RAY_AUTH_MODE"] = "token"
-                except RayTokenError as e:
-                    raise ClusterUnreachable(f"--address {address}: {e}") from None
             on_term = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
             try:
                 # "local": a cluster of our own, never one a `ray start` left on this machine
@@ -367,8 +372,25 @@ def make_executor(kind: str = "ray", address: str | None = None) -> RayExecutor 
     if kind == "local":
         return LocalExecutor()
     if kind == "ray":
-        return RayExecutor(address=address or os.environ.get("RAY_ADDRESS") or None)
+        return RayExecutor(address=address or os.environ.get("RAY_ADDRESS") or desktop_address())
     raise ValueError(f"unknown executor {kind!r} (valid: ray, local)")
+
+
+def desktop_address() -> str | None:
+    """The Ray head of the desktop cluster `foldwise cluster up` started from this folder, when no
+    address was given and this process drives no Ray yet: joining it costs ~1 s where starting a
+    private Ray costs 4-10 s, and a second Ray would compete with it for the same cores.
+    `--address local` still starts a private one."""
+    if connected():
+        return None
+    from foldwise.infra.cluster_state import DEFAULT_DIR, running_head
+
+    state = running_head(DEFAULT_DIR)
+    if state is None:
+        return None
+    print(f"foldwise: joining the desktop cluster in {DEFAULT_DIR} (Ray head {state.gcs_address}; "
+          "--address local starts a private Ray instead, `foldwise cluster down` stops it)", file=sys.stderr, flush=True)
+    return state.gcs_address
 
 
 def _memory_facts(message: str) -> str:
