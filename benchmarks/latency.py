@@ -5,9 +5,11 @@
    script doing the same with scikit-learn (`cross_val_predict(n_jobs=2)` for both models, then
    the blend weight chosen on OOF). foldwise with the default executor (`auto`: this small work
    runs in process) and with `--executor ray`; first command (fresh cache and MLflow store) and a
-   second command (same store, `--no-cache`: the same work again).
+   second command (same store, `--no-cache`: the same work again). Then `--executor ray` again from
+   a folder where `foldwise cluster up` runs (the warm local cluster: commands join its head).
 2. `foldwise check` of a train/test pair (50k train rows, 10k test rows, 40 columns) against a
-   plain script fitting the same LightGBM adversarial folds with joblib (`n_jobs=2`).
+   plain script fitting the same LightGBM adversarial folds with joblib (`n_jobs=2`); also from
+   the folder of the warm desktop cluster.
 
 Each figure is the whole process (interpreter, imports, Ray start-up if any, teardown), median of
 `--repeats` alternating rounds; beside it, foldwise's in-command wall (`summary.json`
@@ -98,7 +100,6 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FOLDWISE_CACHE", "MLFLOW_TRACKING_URI")}
     spec = str(REPO / "workflows" / "examples" / "breast_cancer.yaml")
 
-    import numpy as np
     import pandas as pd
     from sklearn.datasets import make_classification
 
@@ -121,6 +122,31 @@ def main() -> None:
             inner.setdefault(name, []).append(summary["wall_seconds"])
             startup.setdefault(name, []).append(summary.get("startup_seconds", 0.0))
 
+    desk = out / "desk"  # a project folder with a desktop cluster up: commands from it join its head
+    desk.mkdir(exist_ok=True)
+    (desk / "check.yaml").write_text((out / "check.yaml").read_text().replace("train.csv", "../train.csv")
+                                     .replace("test.csv", "../test.csv"))
+    ports = [str(free_port()) for _ in range(3)]
+    up = subprocess.run([exe, "cluster", "up", "--ray-port", ports[0], "--dashboard-port", ports[1], "--mlflow-port",
+                         ports[2]], cwd=desk, env=env, capture_output=True, text=True, timeout=300)
+    if up.returncode != 0:
+        raise SystemExit(f"foldwise cluster up failed:\n{up.stderr[-3000:]}")
+    try:
+        rounds(args, out, desk, exe, env, spec, add)
+    finally:
+        subprocess.run([exe, "cluster", "down"], cwd=desk, env=env, capture_output=True, text=True, timeout=300)
+    report(args, rows, inner, startup)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rounds(args, out: Path, desk: Path, exe: str, env: dict[str, str], spec: str, add) -> None:
     for r in range(args.repeats):
         add("plain script (cross_val_predict n_jobs=2)", timed([sys.executable, "readme_plain.py"], out)[0])
         for executor in ("auto", "ray"):
@@ -132,13 +158,25 @@ def main() -> None:
             add(f"foldwise run, executor {executor}: first command", wall, summary_of(proc, run_dir))
             wall, proc = timed(base + ["--out", str(run_dir / "second"), "--no-cache"], run_dir, env)
             add(f"foldwise run, executor {executor}: second command", wall, summary_of(proc, run_dir))
+        run_dir = desk / f"run-{r}"
+        run_dir.mkdir(exist_ok=True)
+        wall, proc = timed([exe, "run", spec, "--no-progress", "--executor", "ray", "--tracking-uri",
+                            f"sqlite:///{run_dir / 'mlflow.db'}", "--no-cache", "--out", str(run_dir / "o")], desk, env)
+        assert "joining the desktop cluster" in proc.stderr, proc.stderr[-2000:]
+        add("foldwise run, executor ray, warm desktop cluster (joined)", wall, summary_of(proc, desk))
         add("plain adversarial script (joblib n_jobs=2)", timed([sys.executable, "check_plain.py", "train.csv",
                                                                   "test.csv"], out)[0])
         check_dir = out / f"check-{r}"
         wall, proc = timed([exe, "check", "check.yaml", "--no-progress", "--out", str(check_dir),
                             "--tracking-uri", f"sqlite:///{out / 'check.db'}"], out, env)
         add("foldwise check", wall, json.loads((check_dir / "summary.json").read_text()))
+        check_dir = desk / f"check-{r}"
+        wall, proc = timed([exe, "check", "check.yaml", "--no-progress", "--out", str(check_dir),
+                            "--tracking-uri", f"sqlite:///{desk / 'check.db'}"], desk, env)
+        add("foldwise check, warm desktop cluster (joined)", wall, json.loads((check_dir / "summary.json").read_text()))
 
+
+def report(args, rows: dict[str, list[float]], inner: dict[str, list[float]], startup: dict[str, list[float]]) -> None:
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"\n### Interactive latency ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
           f"median of {args.repeats} rounds, whole processes)\n")
@@ -151,7 +189,6 @@ def main() -> None:
         st = f"{statistics.median(startup[name]):.2f}" if name in startup else ""
         print(f"| {name} | {wall:.2f} | {wall / ref:.2f}x | {ins} | {st} |")
     print("\nrounds (s): " + "; ".join(f"{k}: {', '.join(f'{x:.1f}' for x in v)}" for k, v in rows.items()))
-    del np
 
 
 if __name__ == "__main__":

@@ -67,6 +67,15 @@ def warn_cpu_fallback(library: str, why: str) -> None:
     warnings.warn(f"{library}: the fold holds a GPU but trains on the CPU ({why})", GpuFallbackWarning, stacklevel=3)
 
 
+def on_gpu(library: str, probe: Callable[[], None]) -> bool:
+    """For a fold that holds a GPU: whether `library` can train on it here; if not, warn (naming
+    why) and train on the CPU rather than fail the fold."""
+    why = gpu_usable(library, probe)
+    if why is not None:
+        warn_cpu_fallback(library, why)
+    return why is None
+
+
 def tiny_frame() -> tuple[pd.DataFrame, np.ndarray]:
     """Data for a GPU probe: a few rows, two classes."""
     X = pd.DataFrame({"a": np.arange(20, dtype=np.float64), "b": np.arange(20, dtype=np.float64)[::-1]})

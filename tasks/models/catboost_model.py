@@ -23,7 +23,7 @@ except ImportError as e:
 
 from foldwise.tasks.features import column_kinds
 from foldwise.tasks.models import FitContext, ModelConfig, inner_split
-from foldwise.tasks.models.boosters import check_names, encode_seen, warn_cpu_fallback
+from foldwise.tasks.models.boosters import check_names, encode_seen, on_gpu
 from foldwise.tasks.models.sklearn_model import _align_proba
 
 DOCS = "https://catboost.ai/docs/en/references/training-parameters/"
@@ -41,13 +41,12 @@ def check_params(params: dict) -> str | None:
     return check_names("catboost", params, accepted_params(), DOCS)
 
 
-def _gpu_problem() -> str | None:
+def _probe_gpu() -> None:
+    """Raises unless CatBoost sees a CUDA device (a broken driver raises too: read as no GPU)."""
     from catboost.utils import get_gpu_device_count
 
-    try:
-        return None if get_gpu_device_count() > 0 else "CatBoost sees no CUDA device"
-    except Exception as e:  # noqa: BLE001 - a broken driver reads as no GPU
-        return str(e).splitlines()[0]
+    if get_gpu_device_count() == 0:
+        raise RuntimeError("CatBoost sees no CUDA device")
 
 
 class CatBoostModel:
@@ -62,12 +61,8 @@ class CatBoostModel:
         if not params.keys() & {"verbose", "silent", "logging_level", "verbose_eval"}:
             params["logging_level"] = "Silent"
         params.setdefault("allow_writing_files", False)
-        if "task_type" not in params and ctx.gpus > 0:
-            why = _gpu_problem()
-            if why is None:
-                params["task_type"] = "GPU"
-            else:
-                warn_cpu_fallback("catboost", why)
+        if "task_type" not in params and ctx.gpus > 0 and on_gpu("catboost", _probe_gpu):
+            params["task_type"] = "GPU"
         self.params = params
         self.device = "cuda" if params.get("task_type") == "GPU" else "cpu"
         self.estimator: cb.CatBoost | None = None

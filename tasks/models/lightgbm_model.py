@@ -21,7 +21,7 @@ except ImportError as e:  # pragma: no cover - lightgbm is a core dependency
     raise ImportError("model type lightgbm needs lightgbm: pip install lightgbm") from e
 
 from foldwise.tasks.models import FitContext, ModelConfig, did_you_mean, inner_split
-from foldwise.tasks.models.boosters import gpu_usable, tiny_frame, warn_cpu_fallback
+from foldwise.tasks.models.boosters import on_gpu, tiny_frame
 from foldwise.tasks.models.sklearn_model import _align_proba
 
 # Used only when lightgbm's private alias table is unavailable.
@@ -89,12 +89,9 @@ class LightGBMModel:
             params["verbose"] = -1
         # A fold that holds a GPU uses LightGBM's CUDA build where this install is one (the PyPI
         # wheel is not): else the CPU, with a warning. A device the user set in params wins.
-        if ctx.gpus > 0 and not params.keys() & _aliases_of("device_type", ("device_type", "device")):
-            why = gpu_usable("lightgbm", _probe_cuda)
-            if why is None:
-                params["device_type"] = "cuda"
-            else:
-                warn_cpu_fallback("lightgbm", why)
+        if (ctx.gpus > 0 and not params.keys() & _aliases_of("device_type", ("device_type", "device"))
+                and on_gpu("lightgbm", _probe_cuda)):
+            params["device_type"] = "cuda"
         self.params = params
         self.estimator: lgb.LGBMModel | None = None
         self.best_iteration: int | None = None

@@ -25,10 +25,9 @@ from foldwise.tasks.models import FitContext, ModelConfig, inner_split
 from foldwise.tasks.models.boosters import (
     check_names,
     encode_seen,
-    gpu_usable,
+    on_gpu,
     safe_names,
     tiny_frame,
-    warn_cpu_fallback,
 )
 from foldwise.tasks.models.sklearn_model import _align_proba
 
@@ -77,12 +76,8 @@ class XGBoostModel:
         params.setdefault("enable_categorical", True)
         params.setdefault("tree_method", "hist")
         params.setdefault("verbosity", 0)
-        if "device" not in params and ctx.gpus > 0:
-            why = gpu_usable("xgboost", _probe_cuda)
-            if why is None:
-                params["device"] = "cuda"
-            else:
-                warn_cpu_fallback("xgboost", why)
+        if "device" not in params and ctx.gpus > 0 and on_gpu("xgboost", _probe_cuda):
+            params["device"] = "cuda"
         self.params = params
         self.device = str(params.get("device", "cpu"))
         self.estimator: xgb.XGBModel | None = None

@@ -172,14 +172,8 @@ def test_gpu_fold_falls_back_to_cpu_with_a_warning(type_: str) -> None:
     """On a machine whose GPU the library cannot use, a fold holding a GPU trains on the CPU and says so."""
     from foldwise.tasks.models.boosters import gpu_usable
 
-    if type_ == "catboost":
-        from foldwise.tasks.models.catboost_model import _gpu_problem as probe_problem
-
-        usable = probe_problem() is None
-    else:
-        module = __import__(f"foldwise.tasks.models.{type_ if type_ != 'lightgbm' else 'lightgbm'}_model",
-                            fromlist=["_probe_cuda"])
-        usable = gpu_usable(type_, module._probe_cuda) is None
+    module = __import__(f"foldwise.tasks.models.{type_}_model", fromlist=["_probe_cuda", "_probe_gpu"])
+    usable = gpu_usable(type_, getattr(module, "_probe_gpu" if type_ == "catboost" else "_probe_cuda")) is None
     if usable:
         pytest.skip(f"{type_} can use a GPU here")
     ctx = FitContext(task="binary", n_classes=2, categorical=(), seed=0, gpus=1)
