@@ -27,6 +27,7 @@ from ray.tune import Callback, PlacementGroupFactory
 
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.trial import FoldScore, score_fold
+from foldwise.workflows.engine.frame_server import trial_frame
 from foldwise.workflows.engine.tune_search import (
     ASHA_REDUCTION,
     FOLDS_DONE,
@@ -73,12 +74,15 @@ class TrialInputs:
     replays: dict[str, Replay] = field(default_factory=dict)
     models: dict[str, ModelConfig] = field(default_factory=dict)  # several models in one study: by name
     choice_key: str | None = None  # the config key naming the trial's model (None: one model, plain keys)
+    step_keys: tuple[str, ...] = ()  # config keys that set frame-step params (`steps.NAME.PARAM`), not the model's
+    frames: Any = None  # the frame server (engine.frame_server) that hands out each step params' data
 
 
 def trial_model(config: dict[str, Any], inputs: TrialInputs) -> ModelConfig:
     """The trial's model: its sampled params on top of the model's own (`MODEL.param` keys with several)."""
     if inputs.choice_key is None:
-        return replace(inputs.model, params={**inputs.model.params, **config})
+        own = {k: v for k, v in config.items() if k not in inputs.step_keys}
+        return replace(inputs.model, params={**inputs.model.params, **own})
     name = config[inputs.choice_key]
     base, prefix = inputs.models[name], f"{name}."
     own = {k[len(prefix):]: v for k, v in config.items() if k.startswith(prefix)}
@@ -136,9 +140,12 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
                            model_bytes=int(replay.costs.get("model_bytes", 0))), done, every)
         return
     model = trial_model(config, inputs)
+    data_ref = inputs.data
+    if inputs.step_keys:  # its own step params: the data they make (built once per distinct params, cached)
+        data_ref = trial_frame(inputs.frames, {k: config[k] for k in inputs.step_keys})
     done = {}
     if not inputs.parallel_folds:
-        data, plan = ray.get([inputs.data, inputs.plan])
+        data, plan = ray.get([data_ref, inputs.plan])
         for k in range(inputs.n_folds):
             _add(score_fold(data, plan, model, k, inputs.metric, inputs.seed), done, inputs.report_at)
         return
@@ -154,7 +161,7 @@ def run_trial(config: dict[str, Any], inputs: TrialInputs) -> None:
         if pg is not None:  # one bundle per fold: reserved with the trial, so full trials cannot starve their folds
             options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
                 pg, placement_group_bundle_index=k % inputs.bundles)
-        pending.append(remote.options(**options).remote(inputs.data, inputs.plan, model, k, inputs.metric, inputs.seed))
+        pending.append(remote.options(**options).remote(data_ref, inputs.plan, model, k, inputs.metric, inputs.seed))
     try:
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)

@@ -27,6 +27,7 @@ from foldwise.workflows.commands.sweep.progress import SweepProgress
 from foldwise.workflows.commands.sweep.state import SweepState, resolve_storage, resumable
 from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.executor import RayExecutor, make_executor
+from foldwise.workflows.engine.frame_server import start_frame_server, stop_frame_server
 from foldwise.workflows.engine.tune import Replay, TrialInputs, TuneJob, plan_slots, report_points, run_tuner
 from foldwise.workflows.engine.tune_search import SearchConfig
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
@@ -37,6 +38,7 @@ from foldwise.workflows.pipeline.provenance import code_version, git_commit
 from foldwise.workflows.pipeline.search_space import MODEL_KEY
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
 from foldwise.workflows.pipeline.steps import run_steps
+from foldwise.workflows.pipeline.sweep_frames import SteppedData
 from foldwise.workflows.tracking import tracker as tk
 from foldwise.workflows.tracking.sweep_book import MlflowWriter, SweepBook, TrialRecord, end_open_trials, reconcile
 
@@ -141,7 +143,11 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
         parent = prior.parent_run_id
     # From here on the parent run exists: whatever happens, it and its trials end (never RUNNING).
     state, writer, status, ok, killed = prior, None, "failed", False, False
+    frames = None
     try:
+        if plan.step_keys:  # trials search frame-step params: each distinct set's data is built once, cached
+            builder = SteppedData(spec, inputs, plan.model, version, cache, folds)
+            frames = start_frame_server(builder, {builder.key({}): data_ref})
         replays: dict[str, Replay] = {}
         adopted: list[TrialRecord] = []
         if prior is None:
@@ -177,7 +183,8 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
                                        seed=spec.cv.seed, n_folds=n_folds, parallel_folds=plan.parallel_folds,
                                        bundles=slots.bundles, report_at=report_points(plan.pruner, n_folds),
                                        replays=replays, models={m.name: m for m in plan.models},
-                                       choice_key=MODEL_KEY if plan.multi else None)
+                                       choice_key=MODEL_KEY if plan.multi else None,
+                                       step_keys=plan.step_keys, frames=frames)
             search = SearchConfig(space=plan.search_space(), seed=plan.sampler_seed, sampler=plan.sampler,
                                   objectives=plan.objectives, grid=plan.grid, storage=plan.storage,
                                   study_name=f"{spec.name}-{parent}", baselines=plan.baselines)
@@ -218,6 +225,8 @@ def _sweep(spec: WorkflowSpec, plan: SweepPlan, inputs: Inputs, ex: RayExecutor,
     except Exception as e:  # noqa: BLE001 - any other failure still ends the runs
         raise RunFailed(f"{type(e).__name__}: {e}", parent) from e
     finally:
+        if frames is not None:
+            stop_frame_server(frames)
         if writer is not None:
             try:
                 writer.flush()

@@ -33,6 +33,7 @@ from foldwise.workflows.pipeline.inputs import Inputs
 from foldwise.workflows.pipeline.plan import plan_run
 from foldwise.workflows.pipeline.search_space import MODEL_KEY
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec, to_yaml
+from foldwise.workflows.pipeline.sweep_frames import is_step_key, with_step_params
 from foldwise.workflows.tracking import tracker as tk
 
 TAG_PARETO = "foldwise.pareto"  # "true" on the trial runs of a multi-objective sweep's Pareto front
@@ -191,9 +192,11 @@ def refit(ctx: SweepContext, best: TrialOutcome, per_model: dict[str, TrialOutco
     over the models that completed a trial).
     """
     plan = ctx.plan
-    raw = ctx.spec.model_dump(mode="json")
+    # the best trial's frame-step params (one set for the whole graph, with several models too)
+    raw = with_step_params(ctx.spec, best.params).model_dump(mode="json")
     if not plan.multi:
-        raw["models"][plan.model_index]["params"] = {**raw["models"][plan.model_index]["params"], **best.params}
+        own = {k: v for k, v in best.params.items() if not is_step_key(k)}
+        raw["models"][plan.model_index]["params"] = {**raw["models"][plan.model_index]["params"], **own}
     else:
         keep = [i for i, m in zip(plan.model_indices, plan.models, strict=True) if m.name in per_model]
         for i in keep:

@@ -59,6 +59,11 @@ class SweepPlan:
     def multi(self) -> bool:
         return bool(self.models)
 
+    @property
+    def step_keys(self) -> tuple[str, ...]:
+        """The space keys that set frame-step params (`steps.NAME.PARAM`): each trial's data depends on them."""
+        return tuple(k.key for k in self.keys if k.scope == "steps")
+
     def distributions(self) -> dict[str, Any]:
         """The space as Optuna distributions, flat (the study the plots are drawn from); the model's choice too."""
         out = {d.name: to_optuna(d) for d in self.space}
@@ -73,7 +78,7 @@ class SweepPlan:
         if not self.multi:
             return self.distributions()
         per_model = tuple((m.name, tuple((d.name, to_optuna(d)) for d, k in zip(self.space, self.keys, strict=True)
-                                         if k.owner == m.name)) for m in self.models)
+                                         if k.owner == m.name or k.scope == "steps")) for m in self.models)
         return ConditionalSpace(choice_key=MODEL_KEY, per_model=per_model)
 
     def typed_params(self, raw: dict[str, str]) -> dict[str, Any]:
@@ -117,9 +122,11 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
         where = f"search.space.{dist.name}"
         if "/" in dist.name:
             raise InputError(f"{where}: a parameter name cannot contain '/'")
-        if key.scope == "steps":  # refused by name: frame steps change the data every trial reads
-            raise InputError(f"{where}: frame-step params are not searchable by `foldwise sweep` yet; try values with "
-                             "`foldwise run --set steps.INDEX.params.NAME=VALUE` (each step value is cached)")
+        if key.scope == "steps":  # a frame step's param: each trial computes (or finds cached) its own frame
+            problem = step_param_problem(spec, key)
+            if problem:
+                raise InputError(f"{where}: {problem}")
+            continue
         if key.scope != "model":
             raise InputError(f"{where}: {key.scope} params cannot be searched by sweep (model params only)")
         if tuned and key.owner is None:
@@ -154,7 +161,7 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
     if not tuned:
         index = names.index(search.model) if search.model is not None else 0
         model = model_config(spec.models[index], spec.preprocess)
-        baseline, skipped = baseline_point(model.params, space)
+        baseline, skipped = baseline_point({**model.params, **step_values(spec)}, space)
         # a grid takes an enqueued point only whole (every key), and then as one of its points
         whole = bool(baseline) and (grid is None or len(baseline) == len(space))
         return SweepPlan(model=model, model_index=index, space=space, baseline=baseline, baseline_skipped=skipped,
@@ -163,14 +170,35 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
     models = tuple(model_config(spec.models[i], spec.preprocess) for i in indices)
     baselines, skipped = [], {}
     for m in models:
-        own = tuple(replace(d, name=k.param) for d, k in zip(space, keys, strict=True) if k.owner == m.name)
-        point, why = baseline_point(m.params, own)
-        skipped.update({f"{m.name}.{p}": w for p, w in why.items()})
+        own = tuple(replace(d, name=k.param if k.scope == "model" else k.key) for d, k in zip(space, keys, strict=True)
+                    if k.owner == m.name or k.scope == "steps")
+        point, why = baseline_point({**m.params, **step_values(spec)}, own)
+        skipped.update({p if p.startswith("steps.") else f"{m.name}.{p}": w for p, w in why.items()})
         if point:
-            baselines.append({MODEL_KEY: m.name, **{f"{m.name}.{p}": v for p, v in point.items()}})
+            baselines.append({MODEL_KEY: m.name, **{p if p.startswith("steps.") else f"{m.name}.{p}": v
+                                                    for p, v in point.items()}})
     widest = max(range(len(models)), key=lambda i: (models[i].gpus, models[i].cpus))
     return SweepPlan(model=models[widest], model_index=indices[widest], space=space, baseline_skipped=skipped,
                      models=models, model_indices=indices, baselines=tuple(baselines), **common)
+
+
+def step_param_problem(spec: WorkflowSpec, key: SpaceKey) -> str | None:
+    """Why `steps.NAME.PARAM` names no param of a frame step (unknown step, a param its function does not take)."""
+    from foldwise.tasks.steps import fn_problem
+
+    names = [s.name for s in spec.steps]
+    if key.owner is None:
+        return f"a frame step's param is written steps.STEP.PARAM (steps: {', '.join(names) or 'none in this spec'})"
+    if key.owner not in names:
+        return f"unknown step {key.owner!r} (steps: {', '.join(names) or 'none in this spec'})"
+    step = spec.steps[names.index(key.owner)]
+    problem = fn_problem(step.fn, {**step.params, key.param: None})
+    return f"step {key.owner!r}: {problem}" if problem else None
+
+
+def step_values(spec: WorkflowSpec) -> dict[str, Any]:
+    """The spec's own frame-step params as space keys (`steps.NAME.PARAM`): the baseline trial's values."""
+    return {f"steps.{s.name}.{p}": v for s in spec.steps for p, v in s.params.items()}
 
 
 def _grid(sampler: str, space: tuple[ParamDist, ...], tuned: tuple[str, ...]) -> dict[str, list[Any]] | None:
