@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import os
 import sys
 from functools import cache
 from importlib import metadata
@@ -134,9 +135,11 @@ def _forget(top_level: str, files: list[tuple[Path, Path]]) -> None:
     and their bytecode caches: Python trusts a .pyc whose source has the same size and mtime
     second, which an edit made within a second of the last import can have."""
     paths = {p.resolve() for _, p in files}
+    names = {p.name for p in paths}  # resolving every loaded module's file (thousands with Ray and MLflow) took ~1 s
     for name, module in list(sys.modules.items()):
         file = getattr(module, "__file__", None)
-        if name == top_level or name.startswith(top_level + ".") or (file and Path(file).resolve() in paths):
+        if name == top_level or name.startswith(top_level + ".") or (
+                file and os.path.basename(file) in names and Path(file).resolve() in paths):
             del sys.modules[name]
     for path in paths:
         try:
