@@ -106,3 +106,34 @@ def test_a_bad_step_key_exits_2_naming_what_is_valid(key: str, says: str, tmp_pa
     if key == "steps.inter.depth":
         assert "it takes: level, log" in err, err
     assert not db.exists() and not out.exists() and not store.exists() and not (tmp_path / "calls.log").exists()
+
+
+def test_step_keys_are_sampled_in_every_models_trials_and_start_from_the_specs_values(tmp_path: Path) -> None:
+    """With search.models, a `steps.` key belongs to no model: each model's subspace and baseline hold it,
+    and a trial's model params never receive it."""
+    from foldwise.workflows.commands.sweep.plan import plan_sweep
+    from foldwise.workflows.engine.tune import TrialInputs, trial_model
+    from foldwise.workflows.pipeline.spec import load_spec
+    from foldwise.workflows.pipeline.sweep_frames import with_step_params
+
+    raw = yaml.safe_load(write_project(tmp_path, tmp_path / "calls.log").read_text())
+    raw["models"].append({"name": "lr2", "type": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression",
+                          "params": {"C": 2.0}})
+    raw["search"] = {"models": ["lr", "lr2"], "space": {"steps.inter.level": {"uniform": [0.0, 1.0]},
+                                                          "lr2.C": {"loguniform": [0.1, 10.0]}}}
+    spec = load_spec(raw)
+    plan = plan_sweep(spec)
+    assert plan.step_keys == ("steps.inter.level",)
+    subspaces = dict(plan.search_space().per_model)
+    assert [k for k, _ in subspaces["lr"]] == ["steps.inter.level"]
+    assert [k for k, _ in subspaces["lr2"]] == ["steps.inter.level", "lr2.C"]
+    assert plan.baselines == ({"model": "lr", "steps.inter.level": 0.1},
+                              {"model": "lr2", "steps.inter.level": 0.1, "lr2.C": 2.0})
+    one = plan_sweep(load_spec({**raw, "search": {"model": "lr", "space": {"steps.inter.level": {"uniform": [0.0, 1.0]},
+                                                                          "C": {"loguniform": [0.1, 10.0]}}}}))
+    inputs = TrialInputs(data=None, plan=None, model=one.model, metric="roc_auc", seed=0, n_folds=3,
+                         parallel_folds=False, bundles=1, step_keys=one.step_keys)
+    assert trial_model({"steps.inter.level": 0.7, "C": 3.0}, inputs).params == {**one.model.params, "C": 3.0}
+    stepped = with_step_params(spec, {"steps.inter.level": 0.7, "lr2.C": 3.0})
+    assert stepped.steps[0].params == {"level": 0.7, "log": str(tmp_path / "calls.log")}
+    assert stepped.models == spec.models, "only the step's params change"
