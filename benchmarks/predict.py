@@ -9,11 +9,20 @@ trained on `--train-rows` x `--features`; then `--rows` new rows (Parquet) are p
 * `foldwise predict RUN DATA` (whole process: interpreter, imports, Ray start-up included), its
   in-command figures (`wall_seconds`, `startup_seconds`) beside it.
 
-Both outputs are checked equal (to 1e-12) before any figure is reported. Memory: the summed PSS
-(proportional set size: shared pages split between the processes sharing them, so Ray's object
-store counts once) of the whole process tree, sampled every 0.1 s; "from the data" is that peak
-minus the same command's peak on a 1,000-row file (interpreter, libraries, Ray's processes and
-workers), against one copy of the data (rows x features x 8 bytes).
+Both outputs are checked equal (to 1e-12) before any figure is reported. Wall times come from
+rounds with nothing else watching the processes. Memory comes from separate rounds (one per side
+and file), sampled every 0.05 s over the whole process tree (the command and every process it
+starts: for foldwise, Ray's GCS, raylet and workers):
+
+* summed PSS (proportional set size: a page shared by several processes, such as Ray's object
+  store, is split between them, so it counts once): the figure the target is about;
+* summed VmHWM (each process's own RSS high-water mark, from /proc, the largest seen per process,
+  summed): an upper bound, since the processes peak at different moments and shared pages count
+  in every process that touched them.
+
+"From the data" is a peak minus the same command's peak on a 1,000-row file (interpreter,
+libraries, Ray's processes and workers with the models loaded), against one copy of the data
+(rows x features x 8 bytes).
 
 Usage: python benchmarks/predict.py [--rows 1000000] [--features 40] [--train-rows 50000] [--repeats 2]
 """
@@ -29,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,41 +83,65 @@ def make_data(folder: Path, rows: int, train_rows: int, features: int, seed: int
     return train, big, small
 
 
-def tree_pss(pid: int) -> int:
+def tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
-    for p in procs:
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return total
+        return []
 
 
-def timed(cmd: list[str], cwd: Path) -> tuple[float, int, str]:
-    """(wall seconds, peak summed PSS of the process tree, stdout) of one whole process."""
+def vm_hwm(pid: int) -> int:
+    """The process's RSS high-water mark (bytes), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@dataclass
+class Peaks:
+    pss: int = 0  # the largest summed PSS of the tree seen
+    hwm: dict[int, int] = field(default_factory=dict)  # pid -> its largest VmHWM seen
+
+    @property
+    def hwm_sum(self) -> int:
+        return sum(self.hwm.values())
+
+
+def timed(cmd: list[str], cwd: Path, sample: bool) -> tuple[float, Peaks, str]:
+    """(wall seconds, memory peaks of the process tree when `sample`, stdout) of one whole process."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=os.environ | {"PYTHONPATH": str(REPO)})
-    peak = [0]
+    peaks = Peaks()
 
-    def sample() -> None:
+    def watch() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_pss(proc.pid))
-            time.sleep(0.1)
+            total = 0
+            for p in tree(proc.pid):
+                try:
+                    total += p.memory_full_info().pss
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                peaks.hwm[p.pid] = max(peaks.hwm.get(p.pid, 0), vm_hwm(p.pid))
+            peaks.pss = max(peaks.pss, total)
+            time.sleep(0.05)
 
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
+    t = threading.Thread(target=watch, daemon=True)
+    if sample:
+        t.start()
     out, err = proc.communicate()
     wall = time.perf_counter() - start
-    t.join()
+    if sample:
+        t.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]} failed: {err[-2000:]}")
-    return wall, peak[0], out
+    return wall, peaks, out
 
 
 def main() -> None:
@@ -117,6 +151,8 @@ def main() -> None:
     ap.add_argument("--train-rows", type=int, default=50_000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "predict")
+    ap.add_argument("--fw-args", nargs=argparse.REMAINDER, default=[],
+                    help="extra flags for foldwise predict (e.g. --chunk-rows 250000), last on the line")
     args = ap.parse_args()
     out = args.out.resolve()
     train, big, small = make_data(out, args.rows, args.train_rows, args.features)
@@ -139,31 +175,40 @@ def main() -> None:
         pickle.dump(({n: [fm.fitted for fm in folds] for n, folds in p.models.items()}, p.blend.weights), f)
     (out / "loop.py").write_text(LOOP)
 
-    def loop(data: Path) -> tuple[float, int, float]:
-        wall, peak, stdout = timed([sys.executable, str(out / "loop.py"), str(loop_models), str(data),
-                                    str(out / "loop_pred.npy")], out)
-        return wall, peak, float(stdout.strip().splitlines()[-1])
+    def loop(data: Path, sample: bool = False) -> tuple[float, Peaks, float]:
+        wall, peaks, stdout = timed([sys.executable, str(out / "loop.py"), str(loop_models), str(data),
+                                     str(out / "loop_pred.npy")], out, sample)
+        return wall, peaks, float(stdout.strip().splitlines()[-1])
 
-    def fw(data: Path, tag: str) -> tuple[float, int, dict]:
-        wall, peak, _ = timed([sys.executable, "-m", "foldwise", "predict", str(out / "run"), str(data),
-                               "--out", str(out / f"fw-{tag}"), "--no-progress"], out)
-        return wall, peak, json.loads((out / f"fw-{tag}" / "summary.json").read_text())
+    def fw(data: Path, tag: str, sample: bool = False) -> tuple[float, Peaks, dict]:
+        wall, peaks, _ = timed([sys.executable, "-m", "foldwise", "predict", str(out / "run"), str(data),
+                                "--out", str(out / f"fw-{tag}"), "--no-progress", *args.fw_args], out, sample)
+        return wall, peaks, json.loads((out / f"fw-{tag}" / "summary.json").read_text())
 
-    base_loop, base_fw = loop(small)[1], fw(small, "small")[1]
     rounds = []
     for _ in range(args.repeats):  # alternated, so drift in the machine's load hits both sides
         rounds.append((loop(big), fw(big, "big")))
     got = pd.read_csv(out / "fw-big" / "predictions.csv")["1"].to_numpy()
     want = np.load(out / "loop_pred.npy")
     assert np.max(np.abs(got - want)) <= 1e-12, np.max(np.abs(got - want))
+    # memory: rounds of their own, sampled (the sampler reads /proc and would slow the timed ones)
+    mem = {"loop": (loop(small, True)[1], loop(big, True)[1]), "fw": (fw(small, "small", True)[1], fw(big, "big", True)[1])}
 
     med = statistics.median
     loop_wall, loop_inner = med(r[0][0] for r in rounds), med(r[0][2] for r in rounds)
     fw_wall = med(r[1][0] for r in rounds)
     fw_cmd, fw_start = med(r[1][2]["wall_seconds"] for r in rounds), med(r[1][2]["startup_seconds"] for r in rounds)
-    loop_peak, fw_peak = max(r[0][1] for r in rounds), max(r[1][1] for r in rounds)
+    chunk_rows = rounds[-1][1][2]["chunk_rows"]
     one_copy = args.rows * args.features * 8
     mib = 2 ** 20
+
+    def mem_row(label: str, side: str) -> list[str]:
+        small_peaks, big_peaks = mem[side]
+        pss, hwm = big_peaks.pss - small_peaks.pss, big_peaks.hwm_sum - small_peaks.hwm_sum
+        return [f"| {label}, summed PSS | {big_peaks.pss / mib:.0f} | {pss / mib:.0f} | {pss / one_copy:.2f}x |",
+                f"| {label}, summed VmHWM (upper bound) | {big_peaks.hwm_sum / mib:.0f} | {hwm / mib:.0f} | "
+                f"{hwm / one_copy:.2f}x |"]
+
     lines = [
         f"## foldwise predict vs the plain loop ({platform.machine()}, {os.cpu_count()} cores; {args.rows} x "
         f"{args.features} new rows; 5 folds x (logreg + LightGBM 200 trees), weights; median of {args.repeats})",
@@ -178,11 +223,11 @@ def main() -> None:
         f"| foldwise in command without Ray start-up, vs the loop's read + predict | {fw_cmd - fw_start:.2f} | "
         f"{(fw_cmd - fw_start) / loop_inner:.2f}x |",
         "",
-        "| peak memory, summed PSS of the process tree | MiB | from the data (minus the 1,000-row run) | vs one copy |",
+        "| peak memory of the whole process tree, sampled every 0.05 s | MiB | from the data (minus the "
+        "1,000-row run) | vs one copy |",
         "|---|---:|---:|---:|",
-        f"| plain loop | {loop_peak / mib:.0f} | {(loop_peak - base_loop) / mib:.0f} | {(loop_peak - base_loop) / one_copy:.2f}x |",
-        f"| foldwise predict (chunks of 250000) | {fw_peak / mib:.0f} | {(fw_peak - base_fw) / mib:.0f} | "
-        f"{(fw_peak - base_fw) / one_copy:.2f}x |",
+        *mem_row("plain loop", "loop"),
+        *mem_row(f"foldwise predict (chunks of {chunk_rows} rows)", "fw"),
         f"| one copy of the data | {one_copy / mib:.0f} | | |",
     ]
     text = "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,9 +27,9 @@ def read_chunks(source: str, columns: list[str], chunk_rows: int) -> Iterator[pd
         if lower.endswith((".parquet", ".pq")):
             import pyarrow.parquet as pq
 
-            f = pq.ParquetFile(source)
-            for batch in f.iter_batches(batch_size=chunk_rows, columns=columns):
-                yield batch.to_pandas()
+            # map: this generator keeps no reference to a batch once handed over, so a chunk's memory
+            # goes when the caller drops its frame
+            yield from map(_frame_of, pq.ParquetFile(source).iter_batches(batch_size=chunk_rows, columns=columns))
             return
         if lower.endswith((".csv", ".csv.gz", ".tsv")):
             yield from pd.read_csv(source, usecols=columns, chunksize=chunk_rows, sep="\t" if lower.endswith(".tsv") else ",")
@@ -36,6 +37,19 @@ def read_chunks(source: str, columns: list[str], chunk_rows: int) -> Iterator[pd
     except FileNotFoundError:
         raise DataError(f"data file {source!r} does not exist") from None
     raise DataError(f"data file {source!r}: unsupported format (use .csv, .csv.gz, .tsv or .parquet)")
+
+
+def _frame_of(batch: object) -> pd.DataFrame:
+    """A Parquet batch as pandas, one block per column: a number column without nulls stays
+    Arrow's buffer (no copy)."""
+    import pyarrow as pa
+
+    return pa.Table.from_batches([batch]).to_pandas(split_blocks=True, self_destruct=True)
+
+
+def chunk_rows_for(features: int, chunk_bytes: int) -> int:
+    """Rows per chunk so a chunk's encoded rows (float64) take about `chunk_bytes`."""
+    return max(1_000, chunk_bytes // (8 * max(1, features)))
 
 
 def count_rows(source: str) -> int | None:
@@ -93,3 +107,22 @@ class DriftCounter:
         """One line per feature whose PSI says it moved (>= the moderate threshold of `foldwise check`)."""
         return [f"drift: feature {col!r} PSI {v:.3f} ({'major' if v >= PSI_MAJOR else 'moderate'}) against the training data"
                 for col, v in self.psi().items() if v >= PSI_MODERATE]
+
+
+def write_csv(frame: pd.DataFrame, path: str | Path, block_rows: int = 1_000_000) -> None:
+    """`frame` as CSV without its index, with Arrow's writer (C++, ~10x pandas' to_csv on float
+    columns; floats written so they read back exactly), a block of rows at a time; the header as
+    pandas writes it (quoted only where needed)."""
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerow([str(c) for c in frame.columns])
+    options = pa_csv.WriteOptions(include_header=False, quoting_style="needed")
+    with open(path, "ab") as f:
+        for start in range(0, max(len(frame), 1), block_rows):
+            part = frame.iloc[start:start + block_rows]
+            if len(part):
+                pa_csv.write_csv(pa.Table.from_pandas(part, preserve_index=False), f, options)

@@ -13,6 +13,7 @@ is missing, as in the run.
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,7 +155,7 @@ class Predictor:
 
     def encode(self, frame: pd.DataFrame, image_folder: str | None = None) -> Encoded:
         """Raw rows -> the run's float64 matrix (numerics as in training, categoricals as codes)."""
-        X = np.empty((len(frame), len(self.columns)), dtype=np.float64, order="F")
+        X = np.empty((len(frame), len(self.columns)), dtype=np.float64)  # C order, as the models and Ray take it
         unknown: dict[str, int] = {}
         for j, col in enumerate(self.columns):
             s = frame[col]
@@ -175,7 +176,7 @@ class Predictor:
 
             folder = image_folder if image_folder is not None else "."
             images = image_io.resolve_paths(frame[self.image_column], folder)
-        return Encoded(X=np.ascontiguousarray(X), images=images, unknown_levels=unknown)
+        return Encoded(X=X, images=images, unknown_levels=unknown)
 
     def shell(self) -> PreparedData:
         """A row-less PreparedData with the run's columns and levels: what `frame` reads."""
@@ -220,17 +221,46 @@ def check_output(p: Predictor, output: str) -> None:
         raise PredictInputError(f"--model {output!r} is not in this run (valid: {', '.join(p.outputs)})")
 
 
+BLOCK_BYTES = 16 * 2**20  # encoded rows framed and predicted at a time inside a fold task
+_ADAPTERS: dict[bytes, tuple[Any, Any]] = {}  # this process's unpickled fold adapters (and fold steps), by digest
+_ADAPTERS_KEPT = 64
+
+
 def predict_fold(shell: PreparedData, fold: FoldModel, X: np.ndarray, images: np.ndarray | None,
                  adapter: Any | None = None) -> np.ndarray:
-    """One fold adapter on encoded rows, framed as its training rows were (the Ray task of `foldwise predict`)."""
-    model = adapter if adapter is not None else pickle.loads(fold.fitted)
-    rows = frame(shell, X, fold.vocabulary)
-    steps = fitted_fold_steps(getattr(fold, "fold_steps", None))  # None in a predictor pickled before fold steps
-    if steps is not None:
-        rows = steps.transform(rows)
-    if images is not None and getattr(model, "takes_images", False):
-        rows[shell.image_column] = images
-    return np.asarray(model.predict(rows))
+    """One fold adapter on encoded rows, framed as its training rows were (the Ray task of `foldwise predict`).
+
+    The rows are framed and predicted `BLOCK_BYTES` at a time: a model's own copies (a scaler's
+    output, a column selection) then stay a block's size whatever the chunk's, and `X` (read-only,
+    zero-copy from Ray's object store) is never copied whole. Every step is row by row, so the
+    blocks' predictions are the whole chunk's. A process that predicts many chunks unpickles each
+    fold's adapter once."""
+    model, steps = (adapter, _fold_steps(fold)) if adapter is not None else _unpickled(fold)
+    block = max(64, BLOCK_BYTES // max(1, 8 * X.shape[1]))
+    out = []
+    for start in range(0, len(X), block):
+        rows = frame(shell, X[start:start + block], fold.vocabulary)
+        if steps is not None:
+            rows = steps.transform(rows)
+        if images is not None and getattr(model, "takes_images", False):
+            rows[shell.image_column] = images[start:start + block]
+        out.append(np.asarray(model.predict(rows)))
+    return out[0] if len(out) == 1 else np.concatenate(out)
+
+
+def _fold_steps(fold: FoldModel) -> Any:
+    return fitted_fold_steps(getattr(fold, "fold_steps", None))  # None in a predictor pickled before fold steps
+
+
+def _unpickled(fold: FoldModel) -> tuple[Any, Any]:
+    """(adapter, fold steps) of a fold, unpickled once per process (a Ray worker predicts chunk after chunk)."""
+    key = hashlib.sha1(fold.fitted).digest() + hashlib.sha1(getattr(fold, "fold_steps", None) or b"").digest()
+    found = _ADAPTERS.get(key)
+    if found is None:
+        if len(_ADAPTERS) >= _ADAPTERS_KEPT:
+            _ADAPTERS.pop(next(iter(_ADAPTERS)))
+        found = _ADAPTERS[key] = (pickle.loads(fold.fitted), _fold_steps(fold))
+    return found
 
 
 def mean_over_folds(preds: list[np.ndarray]) -> np.ndarray:

@@ -133,6 +133,26 @@ def test_chunks_on_ray_equal_one_pass_and_one_model_answers(churn, tmp_path: Pat
     np.testing.assert_allclose(ens.predictions["yes"], expected["ensemble"], rtol=0, atol=TOL)
 
 
+def test_fold_tasks_predict_in_blocks_and_unpickle_each_fold_model_once(churn, tmp_path: Path, monkeypatch) -> None:
+    """In process (`--executor local`), so the block size can be made tiny: 64-row blocks inside each
+    fold task give the run's predictions, and chunk after chunk reuses each fold's unpickled model."""
+    import foldwise.tasks.predictor as predictor
+
+    result, d, uri = churn
+    expected = pd.read_parquet(result.summary["outputs"]["test_predictions"])
+    monkeypatch.setattr(predictor, "BLOCK_BYTES", 1)  # the floor: 64 rows a block
+    monkeypatch.setattr(predictor, "_ADAPTERS", {})
+    out = run_predict(result.run_id, str(d / "test.csv"), out=tmp_path / "a", model="lgbm", tracking_uri=uri,
+                      executor="local", chunk_rows=150)
+    np.testing.assert_allclose(out.predictions["yes"], expected["lgbm"], rtol=0, atol=TOL)
+    assert out.summary["chunks"] == 2 and out.summary["chunk_rows"] == 150
+    kept = {k: id(v[0]) for k, v in predictor._ADAPTERS.items()}
+    assert len(kept) == 3, "one unpickled model per fold, not per fold x chunk"
+    run_predict(result.run_id, str(d / "test.csv"), out=tmp_path / "b", model="lgbm", tracking_uri=uri,
+                executor="local", chunk_rows=150)
+    assert {k: id(v[0]) for k, v in predictor._ADAPTERS.items()} == kept
+
+
 def test_unknown_levels_and_drift_are_warned_not_hidden(churn, tmp_path: Path) -> None:
     result, d, uri = churn
     test = pd.read_csv(d / "test.csv")

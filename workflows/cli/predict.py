@@ -20,8 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray address (default: start a local Ray)")
     p.add_argument("--executor", choices=("ray", "local"), default="ray",
                    help="ray: one task per model x fold; local: the same in this process (for pdb)")
-    p.add_argument("--chunk-rows", type=int, default=250_000, metavar="N",
-                   help="rows read and predicted at a time (bounds memory; default 250000)")
+    p.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                   help="rows read and predicted at a time (bounds memory; default: about 32 MiB of encoded "
+                        "features, e.g. 104857 rows of 40 features)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

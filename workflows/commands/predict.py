@@ -18,6 +18,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import pandas as pd
 from foldwise.infra import storage
 from foldwise.tasks import images
 from foldwise.tasks.data import DataError, read_header
-from foldwise.tasks.new_rows import DriftCounter, count_rows, read_chunks
+from foldwise.tasks.new_rows import DriftCounter, chunk_rows_for, count_rows, read_chunks, write_csv
 from foldwise.tasks.predictor import (
     ENSEMBLE,
     PredictInputError,
@@ -44,7 +45,7 @@ from foldwise.workflows.engine.progress import FoldProgress
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
 from foldwise.workflows.tracking import tracker as tk
 
-DEFAULT_CHUNK_ROWS = 250_000
+DEFAULT_CHUNK_BYTES = 32 * 2**20  # without --chunk-rows: rows of about this many encoded bytes per chunk
 TAG_MODEL_URI = "foldwise.model_uri"
 TAG_OUTPUT = "foldwise.predict.output"
 
@@ -67,32 +68,41 @@ class _Source:
 
 def run_predict(run: str, data: str, *, out: str | Path | None = None, model: str = ENSEMBLE,
                 tracking_uri: str | None = None, executor: str = "ray", address: str | None = None,
-                chunk_rows: int = DEFAULT_CHUNK_ROWS, progress: bool = False) -> PredictResult:
-    """The Python API of `foldwise predict`. Raises InputError (nothing started, nothing written)
-    or RunFailed (a fold task failed; the predict run is marked FAILED)."""
+                chunk_rows: int | None = None, progress: bool = False) -> PredictResult:
+    """The Python API of `foldwise predict`. Raises InputError (nothing written; a Ray this started
+    is stopped) or RunFailed (a fold task failed; the predict run is marked FAILED)."""
     wall_start, started = time.perf_counter(), time.time()
-    if chunk_rows < 1:
+    if chunk_rows is not None and chunk_rows < 1:
         raise InputError(f"--chunk-rows: at least 1 (got {chunk_rows})")
-    src = _resolve(run, tracking_uri)
-    p = src.predictor
     try:
-        check_output(p, model)
         header = read_header(data)
-        if p.steps:
-            p.check_raw_columns(header, data)
-            chunks, rows = _stepped_chunks(p, data, chunk_rows)
-        else:
-            p.check_columns(header, data)
-    except (PredictInputError, DataError) as e:
+    except DataError as e:
         raise InputError(str(e)) from None
-    id_col = p.id_column if p.id_column and p.id_column in header.columns else None
-    columns = list(dict.fromkeys([*([id_col] if id_col else []), *p.columns, *([p.image_column] if p.image_column else [])]))
-    if not p.steps:
-        chunks, rows = read_chunks(data, columns, chunk_rows), count_rows(data)
-    notes = [] if id_col or not p.id_column else [f"id column {p.id_column!r} is not in {data}: rows are numbered instead"]
-    names = list(p.blend.names) if model == ENSEMBLE else [model]
     ex = LazyExecutor(executor, address)
     try:
+        with ThreadPoolExecutor(1, thread_name_prefix="foldwise-model") as pool:
+            lookup = pool.submit(_resolve, run, tracking_uri)  # MLflow: imports, the store, the model's download
+            if executor == "ray":
+                ex.start()  # meanwhile Ray starts here (ray.init wants the main thread): both take seconds
+            src = lookup.result()
+        p = src.predictor
+        chunk_rows = chunk_rows or chunk_rows_for(len(p.columns), DEFAULT_CHUNK_BYTES)
+        try:
+            check_output(p, model)
+            if p.steps:
+                p.check_raw_columns(header, data)
+                chunks, rows = _stepped_chunks(p, data, chunk_rows)
+            else:
+                p.check_columns(header, data)
+        except (PredictInputError, DataError) as e:
+            raise InputError(str(e)) from None
+        id_col = p.id_column if p.id_column and p.id_column in header.columns else None
+        columns = list(dict.fromkeys([*([id_col] if id_col else []), *p.columns,
+                                      *([p.image_column] if p.image_column else [])]))
+        if not p.steps:
+            chunks, rows = read_chunks(data, columns, chunk_rows), count_rows(data)
+        notes = [] if id_col or not p.id_column else [f"id column {p.id_column!r} is not in {data}: rows are numbered instead"]
+        names = list(p.blend.names) if model == ENSEMBLE else [model]
         base, ids, facts = _predict_chunks(ex, p, names, data, chunks, rows, id_col, chunk_rows, progress)
     except TaskFailed as e:
         raise RunFailed(f"{e}", None) from None
@@ -191,9 +201,10 @@ def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str,
             except (PredictInputError, ValueError, TypeError) as e:
                 raise InputError(str(e)) from None
             id_parts.append(chunk[id_col].to_numpy() if id_col else np.arange(seen, seen + len(chunk)))
-            seen += len(chunk)
+            first, seen = seen, seen + len(chunk)
+            del chunk  # the encoded rows are all that is needed from here
             drift.add(enc.X)
-            digest.update(enc.X.tobytes())
+            digest.update(enc.X)  # C-contiguous: hashed in place (no bytes copy)
             for c, n in enc.unknown_levels.items():
                 unknown[c] = unknown.get(c, 0) + n
             if shell is None:
@@ -205,10 +216,10 @@ def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str,
             for n in names:
                 cpus, gpus = p.slots.get(n, (1.0, 0.0))
                 handles[n] = [ex.submit(predict_fold, shell, f, X, imgs, slot=Slot(cpus, gpus),
-                                        name=f"predict[model={n}, fold={k}, rows={seen - len(chunk)}-{seen - 1}]")
+                                        name=f"predict[model={n}, fold={k}, rows={first}-{seen - 1}]")
                               for k, f in enumerate(folds[n])]
             pending.append((handles, enc.X if passthrough else None))
-            del X, imgs, enc, chunk
+            del X, imgs, enc
             if len(pending) > 1:
                 collect(bar)
         while pending:
@@ -218,7 +229,8 @@ def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str,
     digest.update("\x1f".join(p.columns).encode())
     base = {n: np.concatenate(parts[n]) for n in names} | ({"": np.concatenate(blended)} if passthrough else {})
     facts = {"rows": seen, "unknown_levels": unknown, "drift": drift, "fingerprint": digest.hexdigest()[:16],
-             "predict_seconds": time.perf_counter() - tick, "chunks": -(-seen // chunk_rows), "tasks_per_chunk": per_chunk}
+             "predict_seconds": time.perf_counter() - tick, "chunks": -(-seen // chunk_rows), "tasks_per_chunk": per_chunk,
+             "chunk_rows": chunk_rows}
     return base, np.concatenate(id_parts), facts
 
 
@@ -247,13 +259,14 @@ def _finish(src: _Source, data: str, model: str, frame: pd.DataFrame, facts: dic
         target = str(out) if out else storage.join(storage.outputs_root(), src.experiment, src.run_id or "registry",
                                                      f"predict-{run_id}")
         out_dir = storage.staging_folder(target)
-        frame.to_csv(out_dir / "predictions.csv", index=False)
+        write_csv(frame, out_dir / "predictions.csv")
         psi = facts["drift"].psi()
         summary = {
             "command": "predict", "run_id": run_id, "source_run_id": src.run_id, "model_uri": src.model_uri,
             "tracking_uri": src.tracking_uri, "experiment": src.experiment, "data": str(data), "output": model,
             "task": src.predictor.task, "classes": list(src.predictor.classes),
             "rows": facts["rows"], "data_fingerprint": facts["fingerprint"], "chunks": facts["chunks"],
+            "chunk_rows": facts["chunk_rows"],
             "tasks": facts["chunks"] * facts["tasks_per_chunk"], "executor": ex.chosen,
             "unknown_levels": facts["unknown_levels"], "drift": [{"feature": f, "psi": v} for f, v in psi.items()],
             "warnings": warnings, "wall_seconds": time.perf_counter() - wall_start,

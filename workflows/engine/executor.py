@@ -331,6 +331,10 @@ class LazyExecutor:
             self._inner = make_executor("ray" if self.kind == "auto" else self.kind, self.address)
         return self._inner
 
+    def start(self) -> None:
+        """Start it now (work is certain and something else can go on meanwhile)."""
+        self._start()
+
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
         return self._start().submit(fn, *args, slot=slot, name=name)
 
