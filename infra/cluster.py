@@ -1,8 +1,10 @@
 """A persistent desktop cluster (Ray head + MLflow server): start it, stop it (`foldwise cluster`).
 
 `up` starts, each in its own session so they outlive the command: the MLflow tracking
-server from `infra.mlflow_server` (data in DIR/mlflow) and a Ray head (`ray start --head
---block`, dashboard and Jobs API on 127.0.0.1, Ray's token authentication on). Jobs on it
+server from `infra.mlflow_server` (data in DIR/mlflow, on 127.0.0.1) and a Ray head (`ray start
+--head --block`, Ray's token authentication on) whose every port listens on 127.0.0.1 only, unless
+`--listen ADDRESS` makes it a head other machines can join (see `ray_env` for how, and
+docs/clusters.md for the ports Ray then opens on every interface). Jobs on it
 inherit MLFLOW_TRACKING_URI (that server), FOLDWISE_CACHE (DIR/cache), FOLDWISE_OUTPUTS
 (DIR/outputs) and FOLDWISE_CACHE_KEY_FILE (the key cache entries are signed with), so `foldwise submit` needs no extra flags. What was started is recorded in
 DIR/cluster.json (`infra.cluster_state`), and `down` stops exactly those process trees, never
@@ -18,6 +20,7 @@ task execution.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -63,6 +66,7 @@ class ClusterConfig:
     cache: str | None = None
     outputs: str | None = None
     temp_dir: str | None = None
+    listen: str = HOST  # the address Ray advertises and binds; 127.0.0.1: nothing reachable from the network
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class Stopped:
 
 def check_config(directory: Path, config: ClusterConfig) -> None:
     """Raise ClusterConfigError for settings `up` cannot start with, before anything is started or written."""
+    check_listen(config.listen)
     for flag, value in (("--gpus", config.gpus), ("--cpus", config.cpus)):
         if value is not None and value < 0:
             raise ClusterConfigError(f"{flag}: {value} is negative (use 0 or more)")
@@ -104,9 +109,33 @@ def check_config(directory: Path, config: ClusterConfig) -> None:
     if state is not None and all(alive(s) for s in state.services):
         return  # already up: `up` reports it
     for flag, port in ports.items():
-        if not port_free(port):
+        if not port_free(port, config.listen):
             raise ClusterConfigError(f"{flag}: {HOST}:{port} is already in use (another Ray or MLflow?); "
                                      f"pick another port with {flag}")
+
+
+def check_listen(listen: str) -> None:
+    """--listen must be 127.0.0.1 or one address of this machine: Ray advertises it to other nodes."""
+    try:
+        ip = ipaddress.ip_address(listen)
+    except ValueError:
+        raise ClusterConfigError(f"--listen: {listen!r} is not an IP address (use 127.0.0.1, the default, or "
+                                 "this machine's address on the network other nodes join from)") from None
+    if ip.is_unspecified:
+        raise ClusterConfigError(f"--listen: {listen} names no single address; Ray advertises this address to "
+                                 "the nodes that join, so name this machine's address on their network")
+    if ip.is_loopback and listen != HOST:
+        raise ClusterConfigError(f"--listen: {listen}: Ray keeps its ports on loopback only for {HOST} "
+                                 f"(it binds every interface for any other address); use {HOST}")
+    with socket.socket(socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((listen, 0))
+        except OSError as e:
+            raise ClusterConfigError(f"--listen: {listen} is not an address of this machine ({e.strerror})") from None
+
+
+def loopback(config: ClusterConfig) -> bool:
+    return config.listen == HOST
 
 
 # --------------------------------------------------------------------------- up
@@ -137,12 +166,13 @@ def up(directory: Path, config: ClusterConfig) -> Started:
         env = job_environment(directory, config, mlflow)
         temp_dir = config.temp_dir or os.path.join(tempfile.gettempdir(), f"foldwise-ray-{config.ray_port}")
         ray_log = directory / "ray-head.log"
+        ports = ray_ports(config)
         with open(ray_log, "ab") as log:
-            ray = subprocess.Popen(ray_start_command(config, temp_dir), env=os.environ | env | ray_env(), stdout=log,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory,
+            ray = subprocess.Popen(ray_start_command(config, temp_dir, ports), env=os.environ | env | ray_env(config, ports),
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory,
                                    start_new_session=True)
         started.append(service("ray", ray.pid, ray_log))
-        dashboard = f"http://{HOST}:{config.dashboard_port}"
+        dashboard = f"http://{url_host(config.listen)}:{config.dashboard_port}"
         wait_ready(mlflow.url, proc, timeout=120, log_file=mlflow_log)
         wait_jobs_api(dashboard, ray, ray_log)
     except BaseException as e:
@@ -150,9 +180,9 @@ def up(directory: Path, config: ClusterConfig) -> Started:
         if isinstance(e, ClusterError | RuntimeError):
             raise ClusterError(str(e)) from None
         raise
-    state = ClusterState(dir=str(directory), gcs_address=f"{node_ip()}:{config.ray_port}", dashboard_url=dashboard,
-                         mlflow_url=mlflow.url, temp_dir=temp_dir, services=tuple(started),
-                         env={k: v for k, v in env.items() if "PASSWORD" not in k})
+    state = ClusterState(dir=str(directory), gcs_address=f"{url_host(config.listen)}:{config.ray_port}",
+                         dashboard_url=dashboard, mlflow_url=mlflow.url, temp_dir=temp_dir, services=tuple(started),
+                         env={k: v for k, v in env.items() if "PASSWORD" not in k}, listen=config.listen, ports=ports)
     state.save()
     return Started(state=state, already_up=False, token_note=token_note)
 
@@ -165,17 +195,34 @@ def mlflow_config(directory: Path, config: ClusterConfig) -> ServerConfig:
                         artifacts_destination=config.artifacts_destination, basic_auth=config.mlflow_basic_auth)
 
 
-def ray_start_command(config: ClusterConfig, temp_dir: str) -> list[str]:
-    """`ray start --head --block` on the given ports; every other port is picked free (and worker
-    ports left to the OS) so that several clusters, or a developer's own `ray start`, share the machine."""
-    ports = free_ports(7)
+# Every port the head opens, by the `ray start` flag (or environment variable) that sets it. All are
+# fixed here, none left to Ray's defaults, so several clusters share a machine and the firewall list
+# in docs/clusters.md is this list. Workers' own ports are OS-assigned (--min/max-worker-port 0).
+PORT_FLAGS = ("--port", "--dashboard-port", "--node-manager-port", "--object-manager-port", "--ray-client-server-port",
+              "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+              "--metrics-export-port")
+PORT_ENV = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")  # Ray's defaults 44217, 44227: one cluster a machine
+# With --listen ADDRESS, Ray 2.60 binds these on every interface (0.0.0.0 / ::) whatever ADDRESS is, and
+# each worker's and driver's gRPC port too; the other ports bind ADDRESS (some also 127.0.0.1). The
+# firewall table in docs/clusters.md; tests/infra_tests/test_cluster_jobs.py checks it against the kernel.
+EVERY_INTERFACE_WITH_LISTEN = ("--port", "--node-manager-port", "--object-manager-port", "--dashboard-agent-grpc-port",
+                               "--metrics-export-port", "AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
+
+
+def ray_ports(config: ClusterConfig) -> dict[str, int]:
+    """The ports of `PORT_FLAGS` and `PORT_ENV`: the two given, the rest picked free now."""
+    free = iter(free_ports(len(PORT_FLAGS) + len(PORT_ENV) - 2))
+    given = {"--port": config.ray_port, "--dashboard-port": config.dashboard_port}
+    return {name: given[name] if name in given else next(free) for name in (*PORT_FLAGS, *PORT_ENV)}
+
+
+def ray_start_command(config: ClusterConfig, temp_dir: str, ports: dict[str, int]) -> list[str]:
+    """`ray start --head --block` on `ports`, advertising and binding `config.listen` (see `ray_env`)."""
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
-           "--port", str(config.ray_port), "--dashboard-host", HOST, "--dashboard-port", str(config.dashboard_port),
-           "--node-manager-port", str(ports[0]), "--object-manager-port", str(ports[1]),
-           "--ray-client-server-port", str(ports[2]), "--dashboard-agent-listen-port", str(ports[3]),
-           "--dashboard-agent-grpc-port", str(ports[4]), "--runtime-env-agent-port", str(ports[5]),
-           "--metrics-export-port", str(ports[6]), "--temp-dir", temp_dir,
+           "--node-ip-address", config.listen, "--dashboard-host", config.listen, "--temp-dir", temp_dir,
            "--min-worker-port", "0", "--max-worker-port", "0"]  # workers: OS-assigned ports, no clashes
+    for flag in PORT_FLAGS:
+        cmd += [flag, str(ports[flag])]
     if config.gpus is not None:
         cmd += ["--num-gpus", str(config.gpus)]
     if config.cpus is not None:
@@ -183,11 +230,25 @@ def ray_start_command(config: ClusterConfig, temp_dir: str) -> list[str]:
     return cmd
 
 
-def ray_env() -> dict[str, str]:
-    """Token auth on for the head and everything it starts (job drivers connect with it too);
-    this interpreter's bin first on PATH, so a job's `foldwise` is this installation's."""
+# Ray 2.60 on Linux rewrites a node IP (and a bootstrap address) of 127.0.0.1 to the machine's
+# outward address (services.resolve_ip_for_localhost) unless this switch, meant for single-machine
+# Windows/macOS clusters, is off; the GCS, raylet, object manager, agents and workers then bind
+# 127.0.0.1 instead of every interface (measured: tests/infra_tests/test_cluster_ports.py). With
+# it off no other machine can join, which is what a loopback cluster means. Read at import time,
+# so it is set in the head's environment and thereby in every process and job driver it starts.
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def ray_env(config: ClusterConfig, ports: dict[str, int]) -> dict[str, str]:
+    """Token auth on for the head and everything it starts (job drivers connect with it too); the
+    loopback switch (see LOOPBACK_SWITCH) unless --listen; the metrics ports Ray takes from the
+    environment; this interpreter's bin first on PATH, so a job's `foldwise` is this installation's."""
     bin_dir = os.path.dirname(sys.executable)
-    return {"RAY_AUTH_MODE": "token", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env = {"RAY_AUTH_MODE": "token", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           **{name: str(ports[name]) for name in PORT_ENV}}
+    if loopback(config):
+        env[LOOPBACK_SWITCH] = "0"
+    return env
 
 
 def job_environment(directory: Path, config: ClusterConfig, mlflow: ServerConfig) -> dict[str, str]:
@@ -310,8 +371,10 @@ def stop_services(services: tuple[Service, ...] | list[Service], grace: float = 
 
 
 def port_free(port: int, host: str = HOST) -> bool:
-    for bind_host in {host, "0.0.0.0"}:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    """Nothing holds `port` on `host` nor on every interface (where Ray binds it with --listen)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for bind_host in {host, "::" if family == socket.AF_INET6 else "0.0.0.0"}:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
             try:
                 s.bind((bind_host, port))
             except OSError:
@@ -334,11 +397,8 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def node_ip() -> str:
-    """The address Ray advertises for this node (it never uses 127.0.0.1 for the GCS)."""
-    from ray.util import get_node_ip_address  # public (ray.util.__all__); was ray._private.services
-
-    return get_node_ip_address()
+def url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def log_tail(log_file: Path, lines: int = 8) -> str:

@@ -9,7 +9,7 @@ cores). Standard library only (psutil when a head is recorded), so reading it co
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 DEFAULT_DIR = ".foldwise/cluster"
@@ -37,6 +37,8 @@ class ClusterState:
     temp_dir: str
     services: tuple[Service, ...]
     env: dict[str, str]
+    listen: str = HOST  # the address Ray binds and advertises (`cluster up --listen`)
+    ports: dict[str, int] = field(default_factory=dict)  # every port of the head, by the flag that set it
 
     def save(self) -> None:
         path = Path(self.dir) / STATE_FILE

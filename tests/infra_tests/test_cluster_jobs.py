@@ -1,4 +1,4 @@
-"""A real desktop cluster on loopback: `foldwise cluster up` (Ray head with its own ports and
+"""A real desktop cluster other nodes can join: `foldwise cluster up --listen ADDRESS` (Ray head with its own ports and
 temp dir + the MLflow server from infra/), a second Ray node joined to it, jobs submitted with
 `foldwise submit` through the Ray Jobs API with token auth on, outputs and cache on a real
 S3-compatible server, and `foldwise cluster down` leaving no process behind.
@@ -63,7 +63,7 @@ def cluster(ray_token, s3_server):
     try:
         up = subprocess.run([*foldwise_cmd(), "cluster", "up", "--dir", str(base / "c"), "--ray-port", str(ray_port),
                              "--dashboard-port", str(dash_port), "--mlflow-port", str(mlflow_port), "--cpus", "1", "--gpus", "2",
-                             "--temp-dir", str(base / "ray")], cwd=REPO, env=env, capture_output=True, text=True,
+                             "--temp-dir", str(base / "ray"), "--listen", outward_ip()], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads((base / "c" / "cluster.json").read_text())
@@ -94,6 +94,16 @@ def cluster(ray_token, s3_server):
         if node2 is not None:
             terminate(process_tree(node2.pid))
         shutil.rmtree(base, ignore_errors=True)
+
+
+def outward_ip() -> str:
+    """This machine's network address: a second node can join only a head that listens there
+    (`cluster up --listen`; the default, 127.0.0.1, is for one machine: test_cluster_ports.py)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet is sent for a UDP connect
+        return s.getsockname()[0]
 
 
 def alive_nodes(c: Cluster) -> list[dict]:
@@ -296,6 +306,41 @@ def test_submit_without_wait_then_stop_marks_the_run_failed(cluster):
     assert [k.info.status for k in kids] == ["FAILED"]
     again = cluster.foldwise("stop", job, "--address", cluster.dashboard, timeout=60)
     assert again.returncode == 0 and "already ended: STOPPED" in again.stdout
+
+
+# --------------------------------------------------------------------------- ports with --listen
+
+
+def test_with_listen_only_the_documented_ports_listen_on_every_interface(cluster):
+    """What docs/clusters.md tells users to firewall is exactly what listens beyond loopback and
+    ADDRESS: a new wildcard port, or one Ray stops opening, fails this (after jobs ran: workers exist)."""
+    from foldwise.infra.cluster import EVERY_INTERFACE_WITH_LISTEN
+
+    state = json.loads((cluster.dir / "cluster.json").read_text())
+    listen, ports = state["listen"], state["ports"]
+    assert listen == outward_ip() and cluster.gcs == f"{listen}:{ports['--port']}"
+    by_port = {port: name for name, port in ports.items()}
+    wildcard, elsewhere, workers = set(), [], 0
+    for p in alive([p for s in state["services"] for p in process_tree(s["pid"])]):
+        try:
+            conns = [c for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+            # a Ray core worker's gRPC port (OS-assigned): task workers, and the dashboard agent once it ran a job
+            worker = any("default_worker.py" in part for part in p.cmdline()) or p.name() == "ray::DashboardAgent"
+        except psutil.Error:
+            continue
+        for c in conns:
+            ip = c.laddr.ip.removeprefix("::ffff:")
+            if ip in ("127.0.0.1", "::1") or (ip == listen and c.laddr.port in by_port):
+                continue
+            if ip in ("0.0.0.0", "::") and c.laddr.port in by_port:
+                wildcard.add(by_port[c.laddr.port])
+            elif ip in ("0.0.0.0", "::") and worker:
+                workers += 1
+            else:
+                elsewhere.append((ip, c.laddr.port, p.name()))
+    assert not elsewhere, f"listening on an undocumented address or port: {elsewhere}"
+    assert wildcard == set(EVERY_INTERFACE_WITH_LISTEN)
+    assert workers, "the jobs' workers should be listening (documented: on every interface)"
 
 
 # --------------------------------------------------------------------------- teardown (runs last)

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpus", type=int, help="GPUs Ray may schedule on this machine (default: detected)")
     p.add_argument("--cpus", type=int, help="CPUs Ray may schedule on this machine (default: detected)")
     p.add_argument("--ray-port", type=int, default=6379, help="Ray (GCS) port (default 6379)")
-    p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard / Jobs API port on 127.0.0.1 (default 8265)")
+    p.add_argument("--dashboard-port", type=int, default=8265, help="dashboard / Jobs API port on --listen (default 8265)")
     p.add_argument("--mlflow-port", type=int, default=5000, help="MLflow server port on 127.0.0.1 (default 5000)")
     p.add_argument("--backend-store-uri", help="MLflow store (default sqlite in DIR/mlflow; or postgresql://...)")
     p.add_argument("--artifacts-destination", help="MLflow artifacts (default DIR/mlflow/artifacts; or s3://...)")
@@ -32,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", help="cache root for jobs: a path or s3://, gs:// URI (default DIR/cache)")
     p.add_argument("--outputs", help="outputs root for jobs: a path or URI (default DIR/outputs)")
     p.add_argument("--temp-dir", help="Ray's temp dir (default a per-port folder under the system temp dir)")
+    p.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
+                   help="address Ray binds and advertises (default 127.0.0.1: every Ray port on loopback, no other "
+                        "machine can join); this machine's network address lets other nodes join, and then Ray "
+                        "listens on every interface: firewall the ports docs/clusters.md lists")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -66,7 +70,7 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
     return ClusterConfig(gpus=args.gpus, cpus=args.cpus, ray_port=args.ray_port, dashboard_port=args.dashboard_port,
                          mlflow_port=args.mlflow_port, backend_store_uri=args.backend_store_uri,
                          artifacts_destination=args.artifacts_destination, mlflow_basic_auth=args.mlflow_basic_auth,
-                         cache=args.cache, outputs=args.outputs, temp_dir=args.temp_dir)
+                         cache=args.cache, outputs=args.outputs, temp_dir=args.temp_dir, listen=args.listen)
 
 
 def down(directory: Path) -> bool:
@@ -104,6 +108,11 @@ def print_addresses(state: ClusterState) -> None:
     joins = ("foldwise run/check/ablate/sweep from this folder join it" if state.dir.endswith(DEFAULT_DIR)
              else f"drivers on this machine: foldwise run SPEC --address {state.gcs_address}")
     print(f"Ray head         {state.gcs_address}   ({joins})")
+    if state.listen == "127.0.0.1":
+        print("Ray ports        all on 127.0.0.1 (no other machine can join; `cluster up --listen ADDRESS` for that)")
+    else:
+        print(f"Ray ports        on every interface or {state.listen}: firewall them (docs/clusters.md): "
+              + ", ".join(str(p) for p in sorted(state.ports.values())) + " and the workers' OS-assigned ports")
     print(f"Ray dashboard    {state.dashboard_url}   (Jobs API; submit here)")
     print(f"MLflow           {state.mlflow_url}   (tracking server and UI)")
     for k in ("FOLDWISE_CACHE", "FOLDWISE_OUTPUTS"):
