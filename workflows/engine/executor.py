@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from foldwise.workflows.engine.pending import PendingWatch, oversized, pending_warn_seconds
 from foldwise.workflows.errors import InputError, TaskFailed, TaskOutOfMemory
 
 
@@ -44,6 +45,39 @@ def _reachable(address: str, timeout: float = 3.0) -> None:
                                  "local Ray") from None
 
 
+# Ray's switch that keeps 127.0.0.1 as the node address (`foldwise.infra.cluster.LOOPBACK_SWITCH`).
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _join_loopback_head(address: str) -> None:
+    """Let this driver join a head that listens on 127.0.0.1 only (`foldwise cluster up` without --listen).
+
+    Ray on Linux rewrites a 127.0.0.1 address to the machine's outward IP, where such a head does
+    not answer, unless its loopback switch is off; a head that answers there too (a plain `ray start
+    --head`) is left to Ray's usual handling. The switch is read when Ray is imported, so it is also
+    set on the imported module (a sweep imports Ray before it connects)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # how Ray finds the outward IP; sends nothing
+        try:
+            s.connect(("8.8.8.8", 53))
+            outward = s.getsockname()[0]
+        except OSError:
+            return  # no network route: Ray then keeps 127.0.0.1 by itself
+    try:
+        socket.create_connection((outward, int(port)), timeout=2).close()
+        return  # the head answers on the network address too: not a loopback-only head
+    except OSError:
+        pass
+    os.environ[LOOPBACK_SWITCH] = "0"
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
 def check_address(address: str) -> None:
     """ClusterUnreachable (exit 2) unless something answers at a Ray address; before anything is cached or started."""
     _reachable(address)
@@ -53,27 +87,6 @@ def connected() -> bool:
     """This process already drives a Ray cluster (a notebook's ray.init): requests are sized against it, not this machine."""
     ray = sys.modules.get("ray")
     return bool(ray is not None and ray.is_initialized())
-
-
-def oversized(slot: Slot, nodes: list[dict]) -> str | None:
-    """Why no alive node of the cluster can hold `slot` (naming the largest node), else None."""
-    alive = [n for n in nodes if n.get("Alive")]
-    if not alive:
-        return None
-    asked = {"CPU": slot.cpus, "GPU": slot.gpus, "memory": float(slot.memory or 0)}
-    for what, amount in asked.items():
-        if amount <= 0:
-            continue
-        largest = max(alive, key=lambda n: n.get("Resources", {}).get(what, 0.0))
-        have = largest.get("Resources", {}).get(what, 0.0)
-        if amount > have:
-            return (f"asks for {_quantity(what, amount)}, but the largest node of the cluster "
-                    f"({largest.get('NodeManagerAddress', '?')}) has {_quantity(what, have)}")
-    return None
-
-
-def _quantity(what: str, value: float) -> str:
-    return f"{value / 2**30:.1f} GiB of memory" if what == "memory" else f"{value:g} {what}"
 
 
 @dataclass(frozen=True)
@@ -96,11 +109,16 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, num_cpus: int | None = None) -> None:
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 pending_warn_s: float | None = None) -> None:
+        """`pending_warn_s`: say why a task no node can hold still waits after this long
+        (default $FOLDWISE_PENDING_WARN_S or 60 s; `foldwise.workflows.engine.pending`)."""
         start = time.perf_counter()  # start-up = importing Ray (~0.5 s) + starting or joining the cluster
         if address is not None:
             _reachable(address)
         if address not in (None, "local") and not connected():
+            if "://" not in address:
+                _join_loopback_head(address)  # before Ray is imported, like RAY_AUTH_MODE below
             # Ray turns token auth on by itself only for clusters it starts or finds; for an
             # explicit address it must be asked to, or a token-protected head refuses us. Ray
             # reads RAY_AUTH_MODE into its config when it is imported: set it before that.
@@ -137,6 +155,7 @@ class RayExecutor:
         self._remote: dict[tuple[Callable, bool], Any] = {}
         self._names: dict[Any, str] = {}
         self._sized: set[Slot] = set()  # slots already compared with the cluster's nodes
+        self._watch = PendingWatch(ray, pending_warn_s if pending_warn_s is not None else pending_warn_seconds())
 
     def submit(self, fn: Callable, *args: Any, slot: Slot = Slot(), name: str | None = None) -> Any:
         # A GPU task gets a fresh worker process (Ray's default for @ray.remote(num_gpus=...), lost when
@@ -157,6 +176,7 @@ class RayExecutor:
         ref = remote.options(num_cpus=slot.cpus, num_gpus=slot.gpus, max_retries=slot.retries,
                              retry_exceptions=False, name=label, **extra).remote(*args)
         self._names[ref] = label
+        self._watch.submitted(ref, slot, label)
         return ref
 
     def cpus(self) -> float:
@@ -174,13 +194,23 @@ class RayExecutor:
         return self._ray.put(value)
 
     def get(self, handle: Any) -> Any:
+        if isinstance(handle, self._ray.ObjectRef):
+            self._wait([handle])
         return self._unwrap(handle)
 
     def as_completed(self, handles: list[Any]) -> Iterator[tuple[Any, Any]]:
         pending = list(handles)
         while pending:
-            done, pending = self._ray.wait(pending, num_returns=1)
+            done, pending = self._wait(pending)
             yield done[0], self._unwrap(done[0])
+
+    def _wait(self, pending: list[Any]) -> tuple[list[Any], list[Any]]:
+        """ray.wait for one, checking between short waits whether a task waits for a node that never came."""
+        while True:
+            done, rest = self._ray.wait(pending, num_returns=1, timeout=self._watch.poll)
+            if done:
+                return done, rest
+            self._watch.check()
 
     def finished(self, handles: list[Any]) -> list[tuple[Any, Any]]:
         """(handle, value) of the tasks that already succeeded, without waiting for the rest."""
@@ -195,9 +225,11 @@ class RayExecutor:
 
     def cancel(self, handles: list[Any]) -> None:
         for h in handles:
+            self._watch.done(h)
             self._ray.cancel(h, force=False)
 
     def _unwrap(self, handle: Any) -> Any:
+        self._watch.done(handle)
         try:
             return self._ray.get(handle)
         except self._ray.exceptions.OutOfMemoryError as e:

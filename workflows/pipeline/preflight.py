@@ -24,6 +24,7 @@ from pathlib import Path
 from foldwise.infra.storage import is_uri, outputs_root
 from foldwise.workflows.engine.cache import cache_key, resolve_root
 from foldwise.workflows.engine.executor import check_address, connected
+from foldwise.workflows.engine.pending import pending_warn_seconds
 from foldwise.workflows.errors import InputError
 from foldwise.workflows.pipeline.imports import estimator_class_of
 from foldwise.workflows.pipeline.spec import WorkflowSpec
@@ -46,6 +47,8 @@ def preflight(spec: WorkflowSpec, *, task: str | None, out: str | Path | None = 
         cache_key()  # InputError when the key is unusable
     address = address or os.environ.get("RAY_ADDRESS") or None
     may_use_ray = executor != "local"  # "auto" starts Ray unless the work is small
+    if may_use_ray:
+        pending_warn_seconds()  # InputError for a bad $FOLDWISE_PENDING_WARN_S, before compute
     if may_use_ray and address is not None:
         check_address(address)
     if may_use_ray and address in (None, "local") and not connected():
