@@ -66,7 +66,7 @@ def _join_loopback_head(address: str) -> None:
             s.connect(("8.8.8.8", 53))
             outward = s.getsockname()[0]
         except OSError:
-            return  # no network route: Ray then keeps 127.0.0.1 by itself
+            return  # no network route to judge by: left to Ray
     try:
         socket.create_connection((outward, int(port)), timeout=2).close()
         return  # the head answers on the network address too: not a loopback-only head
