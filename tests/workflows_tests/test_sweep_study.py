@@ -209,3 +209,20 @@ def test_three_hundred_trivial_trials_each_logged_once(ray_cluster, tmp_path: Pa
     assert {r.info.status for r in trials} == {"FINISHED"}
     assert all("cv_score" in r.data.metrics and "strategy" in r.data.params for r in trials)
     assert len(pd.read_csv(s["outputs"]["trials"])) == 300
+
+
+def test_a_grid_with_the_baseline_enqueued_tries_every_point_once() -> None:
+    """The spec's own point, enqueued first, is one of the grid's points: trials running at once still
+    cover the whole grid (Optuna's grid alone gave the enqueued trial no point, and repeated one)."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from foldwise.workflows.engine.tune_search import make_sampler
+
+    space = {"C": CategoricalDistribution([1.0, 2.0, 3.0]), "k": CategoricalDistribution(["a", "b"])}
+    for seed in range(3):
+        study = optuna.create_study(sampler=make_sampler("grid", seed, 1, {"C": [1.0, 2.0, 3.0], "k": ["a", "b"]}))
+        study.enqueue_trial({"C": 2.0, "k": "b"})
+        trials = [study.ask(space) for _ in range(6)]  # all running at once, as Tune's concurrent trials are
+        points = [(t.params["C"], t.params["k"]) for t in trials]
+        assert points[0] == (2.0, "b") and len(set(points)) == 6, points

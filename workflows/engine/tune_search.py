@@ -61,7 +61,27 @@ class ConditionalSpace:
 
 
 class _GridOnce(optuna.samplers.GridSampler):
-    """Optuna's grid without `study.stop()` (Tune, not `optimize`, runs the trials; the plan caps them at the grid)."""
+    """Optuna's grid without `study.stop()` (Tune, not `optimize`, runs the trials; the plan caps them at the grid).
+
+    An enqueued trial (the spec's own point) takes its grid point's id, and every other trial the
+    first point no trial has taken: Optuna's grid gives an enqueued trial no id and trial n the
+    n-th point, so with a baseline enqueued the point it landed on was tried twice and another never.
+    """
+
+    def before_trial(self, study: Any, trial: Any) -> None:
+        if "grid_id" in trial.system_attrs:
+            return
+        fixed = trial.system_attrs.get("fixed_params")
+        if fixed is not None:
+            wanted = tuple(fixed.get(name) for name in self._param_names)
+            point = next((i for i, g in enumerate(self._all_grids) if tuple(g) == wanted), None)
+            if point is not None:
+                study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+                study._storage.set_trial_system_attr(trial._trial_id, "grid_id", point)
+            return
+        free = self._get_unvisited_grid_ids(study) or list(range(len(self._all_grids)))
+        study._storage.set_trial_system_attr(trial._trial_id, "search_space", self._search_space)
+        study._storage.set_trial_system_attr(trial._trial_id, "grid_id", min(free))
 
     def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
         return None
