@@ -20,11 +20,18 @@ starts: for foldwise, Ray's GCS, raylet and workers):
   summed): an upper bound, since the processes peak at different moments and shared pages count
   in every process that touched them.
 
+The new rows' Parquet file is written with row groups of `--row-group-rows` rows (100,000 by
+default): Arrow decodes a whole row group at a time, so a reader's memory is a row group's
+whatever the batch size (`--row-group-rows 0`, pyarrow's default of one group up to 1Mi rows, shows
+that case: its reader then holds the whole file decoded).
+
 "From the data" is a peak minus the same command's peak on a 1,000-row file (interpreter,
 libraries, Ray's processes and workers with the models loaded), against one copy of the data
 (rows x features x 8 bytes).
 
 Usage: python benchmarks/predict.py [--rows 1000000] [--features 40] [--train-rows 50000] [--repeats 2]
+       [--row-group-rows 100000]
+       [--out DIR] [--fw-args --chunk-rows N ...]   (--fw-args last: the rest goes to foldwise predict)
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ print(time.perf_counter() - start)
 """
 
 
-def make_data(folder: Path, rows: int, train_rows: int, features: int, seed: int = 0) -> tuple[Path, Path, Path]:
+def make_data(folder: Path, rows: int, train_rows: int, features: int, row_group_rows: int | None,
+              seed: int = 0) -> tuple[Path, Path, Path]:
     rng = np.random.default_rng(seed)
     beta = rng.normal(size=features) * (rng.uniform(size=features) < 0.5)
 
@@ -78,7 +86,7 @@ def make_data(folder: Path, rows: int, train_rows: int, features: int, seed: int
     train, big, small = folder / "train.parquet", folder / "new.parquet", folder / "new_small.parquet"
     frame(train_rows, True).to_parquet(train, index=False)
     new = frame(rows, False)
-    new.to_parquet(big, index=False)
+    new.to_parquet(big, index=False, **({"row_group_size": row_group_rows} if row_group_rows else {}))
     new.head(1000).to_parquet(small, index=False)
     return train, big, small
 
@@ -150,12 +158,14 @@ def main() -> None:
     ap.add_argument("--features", type=int, default=40)
     ap.add_argument("--train-rows", type=int, default=50_000)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--row-group-rows", type=int, default=100_000,
+                    help="Parquet row groups of the new rows' file (0: pyarrow's default, one group up to 1Mi rows)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "predict")
     ap.add_argument("--fw-args", nargs=argparse.REMAINDER, default=[],
                     help="extra flags for foldwise predict (e.g. --chunk-rows 250000), last on the line")
     args = ap.parse_args()
     out = args.out.resolve()
-    train, big, small = make_data(out, args.rows, args.train_rows, args.features)
+    train, big, small = make_data(out, args.rows, args.train_rows, args.features, args.row_group_rows or None)
     uri = f"sqlite:///{out / 'mlflow.db'}"
     spec = {"name": "bench-predict", "data": {"train": str(train), "target": "y", "id": "id"},
             "cv": {"scheme": "stratified", "folds": 5, "seed": 0}, "ensemble": {"method": "weights"},
@@ -211,7 +221,8 @@ def main() -> None:
 
     lines = [
         f"## foldwise predict vs the plain loop ({platform.machine()}, {os.cpu_count()} cores; {args.rows} x "
-        f"{args.features} new rows; 5 folds x (logreg + LightGBM 200 trees), weights; median of {args.repeats})",
+        f"{args.features} new rows, Parquet row groups of {args.row_group_rows or 'pyarrow default'} rows; 5 folds x "
+        f"(logreg + LightGBM 200 trees), weights; median of {args.repeats})",
         "",
         "| what | wall s | vs loop |",
         "|---|---:|---:|",
@@ -219,8 +230,8 @@ def main() -> None:
         f"| plain loop, read + predict only | {loop_inner:.2f} | {loop_inner / loop_wall:.2f}x |",
         f"| foldwise predict, whole process | {fw_wall:.2f} | {fw_wall / loop_wall:.2f}x |",
         f"| foldwise predict, in command (summary wall_seconds) | {fw_cmd:.2f} | {fw_cmd / loop_wall:.2f}x |",
-        f"| of which Ray start-up | {fw_start:.2f} | |",
-        f"| foldwise in command without Ray start-up, vs the loop's read + predict | {fw_cmd - fw_start:.2f} | "
+        f"| Ray start-up (overlaps MLflow loading the model) | {fw_start:.2f} | |",
+        f"| foldwise in command minus Ray start-up, vs the loop's read + predict | {fw_cmd - fw_start:.2f} | "
         f"{(fw_cmd - fw_start) / loop_inner:.2f}x |",
         "",
         "| peak memory of the whole process tree, sampled every 0.05 s | MiB | from the data (minus the "

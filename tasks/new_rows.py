@@ -28,8 +28,10 @@ def read_chunks(source: str, columns: list[str], chunk_rows: int) -> Iterator[pd
             import pyarrow.parquet as pq
 
             # map: this generator keeps no reference to a batch once handed over, so a chunk's memory
-            # goes when the caller drops its frame
-            yield from map(_frame_of, pq.ParquetFile(source).iter_batches(batch_size=chunk_rows, columns=columns))
+            # goes when the caller drops its frame. Arrow decodes a whole row group at a time (a file's row
+            # groups bound its reader's memory); buffered reads keep the undecoded column chunks off the heap.
+            f = pq.ParquetFile(source, buffer_size=1 << 20)
+            yield from map(_frame_of, f.iter_batches(batch_size=chunk_rows, columns=columns))
             return
         if lower.endswith((".csv", ".csv.gz", ".tsv")):
             yield from pd.read_csv(source, usecols=columns, chunksize=chunk_rows, sep="\t" if lower.endswith(".tsv") else ",")
