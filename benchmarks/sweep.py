@@ -174,12 +174,30 @@ def foldwise_sweep(kind: str, space: dict, data: Path, trials: int, out: Path, p
 # --------------------------------------------------------------------------- scale: thousands of trivial trials
 
 
-def scale_side(side: str, trials: int, out: Path) -> dict:
+def per_trial_ms(marks: list[tuple[float, float]], window: int = 100) -> dict[str, float]:
+    """ms per trial over the first and the last `window` trial ends: wall between the ends, and the
+    driver process's CPU (every thread) spent meanwhile. `marks`: (end time, process CPU seconds)
+    per trial end, in order. The CPU figure is the driver's own work per trial, which other load on
+    the machine barely changes; flat cost means first = last."""
+    marks = sorted(marks)
+    n = min(window, len(marks) // 2)
+    if n < 2:
+        return {}
+    out = {}
+    for name, i in (("first", 0), ("last", len(marks) - n)):
+        (t0, c0), (t1, c1) = marks[i], marks[i + n - 1]
+        out[f"{name}_100_ms"] = (t1 - t0) / (n - 1) * 1000
+        out[f"{name}_100_cpu_ms"] = (c1 - c0) / (n - 1) * 1000
+    return out
+
+
+def scale_side(side: str, trials: int, out: Path, sampler: str = "tpe") -> dict:
     """One side of the scale test, in its own process (so its peak memory is the driver's alone).
 
     Trivial trials (DummyClassifier, SCALE_FOLDS folds of a 400-row table), 2 at a time. Returns
-    wall, seconds inside the folds, ms per trial over the first and the last hundred trials (from
-    the trials' end times: flat cost means these match), the driver's peak RSS and MLflow runs.
+    wall, seconds inside the folds, ms per trial over the first and the last hundred trials (wall
+    between trial ends, and the driver's CPU: flat cost means these match), the driver's peak RSS
+    and MLflow runs.
     """
     import resource
 
@@ -188,7 +206,7 @@ def scale_side(side: str, trials: int, out: Path) -> dict:
     frame["target"] = (frame.a + rng.normal(size=400) > 0).astype(int)
     X, y = frame.drop(columns=["target"]).to_numpy(), frame["target"].to_numpy()
     out.mkdir(parents=True, exist_ok=True)
-    ends: list[float] = []
+    marks: list[tuple[float, float]] = []  # (trial end, driver process CPU) per trial
     if side == "optuna":
         import optuna
 
@@ -197,19 +215,24 @@ def scale_side(side: str, trials: int, out: Path) -> dict:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         splits = list(splitter("stratified", SCALE_FOLDS, SEED).split(np.zeros(len(y)), y))
         compute: list[float] = []
+        fold_cpu: list[float] = []
 
         def objective(trial: optuna.Trial) -> float:
             params = {"strategy": trial.suggest_categorical("strategy", ["prior", "stratified", "uniform"])}
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.thread_time()
             score = float(np.mean([fold_fit("dummy", params, X, y, tr, va) for tr, va in splits]))
             compute.append(time.perf_counter() - start)
+            fold_cpu.append(time.thread_time() - cpu)
             return score
 
-        study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=SEED))
+        def mark(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            # the folds run in this process: their CPU is taken out, leaving Optuna's own
+            marks.append((time.time(), time.process_time() - sum(fold_cpu)))
+
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler))
         start = time.perf_counter()
-        study.optimize(objective, n_trials=trials, n_jobs=SLOTS)
+        study.optimize(objective, n_trials=trials, n_jobs=SLOTS, callbacks=[mark])
         wall = time.perf_counter() - start
-        ends = sorted(t.datetime_complete.timestamp() for t in study.trials)
         result = {"wall": wall, "compute": sum(compute), "mlflow_runs": 0}
     else:
         import ray
@@ -228,18 +251,31 @@ def scale_side(side: str, trials: int, out: Path) -> dict:
                 score = float(np.mean([fold_fit("dummy", config, X, y, tr, va) for tr, va in splits]))
                 tune.report({"score": score, "compute": time.perf_counter() - start, "ended": time.time()})
 
-            search = OptunaSearch(space=distributions(TRIVIAL_SPACE), metric="score", mode="max", seed=SEED)
+            class Mark(tune.Callback):
+                def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:  # noqa: ANN001
+                    marks.append((time.time(), time.process_time()))
+
+            search = OptunaSearch(space=distributions(TRIVIAL_SPACE), metric="score", mode="max",
+                                  sampler=make_sampler(sampler))
             tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=search, num_samples=trials),
-                               run_config=tune.RunConfig(storage_path=str(out / "tune"), name="scale", verbose=0))
+                               run_config=tune.RunConfig(storage_path=str(out / "tune"), name="scale", verbose=0,
+                                                         callbacks=[Mark()]))
             start = time.perf_counter()
             df = tuner.fit().get_dataframe()
             wall = time.perf_counter() - start
-            ends = sorted(df["ended"].tolist())
             result = {"wall": wall, "compute": float(df["compute"].sum()), "mlflow_runs": 0}
         else:
             from foldwise.workflows.commands.sweep import run_sweep
+            from foldwise.workflows.tracking.sweep_book import SweepBook
             from foldwise.workflows.tracking.tracker import RunReader, Tracker
 
+            ending = SweepBook._end
+
+            def marked_end(book: SweepBook, rec, state: str) -> None:  # noqa: ANN001 - the book's own record
+                ending(book, rec, state)
+                marks.append((time.time(), time.process_time()))
+
+            SweepBook._end = marked_end  # the benchmark's probe: when each trial ended, and the driver's CPU by then
             data = out / "scale.csv"
             frame.to_csv(data, index=False)
             uri = f"sqlite:///{out / 'mlflow.db'}"
@@ -247,22 +283,25 @@ def scale_side(side: str, trials: int, out: Path) -> dict:
             spec = {"name": "bench-sweep-scale", "data": {"train": str(data), "target": "target"}, "task": "binary",
                     "metric": "roc_auc", "cv": {"scheme": "stratified", "folds": SCALE_FOLDS, "seed": SEED},
                     "models": [{"name": "dummy", "type": "sklearn", "estimator": "sklearn.dummy.DummyClassifier"}],
-                    "search": {"trials": trials, "space": TRIVIAL_SPACE, "pruner": "none"}}
+                    "search": {"trials": trials, "space": TRIVIAL_SPACE, "pruner": "none", "sampler": sampler}}
             r = run_sweep(spec, concurrency=SLOTS, out=out / "run", tracking_uri=uri, storage=str(out / "store"),
                           no_cache=True)
             s = r.summary
-            ends = sorted(o.ended_at for o in r.outcomes if o.ended_at)
             result = {"wall": s["phase_seconds"]["tune"], "command_wall": s["wall_seconds"], "phases": s["phase_seconds"],
                       "compute": sum(o.compute_seconds for o in r.outcomes),
-                      "mlflow_runs": len(RunReader(uri).children(s["run_id"]))}
+                      "mlflow_runs": len(RunReader(uri).children(s["run_id"])), "mlflow_finished": s["trials"]["total"]}
         ray.shutdown()
-    hundred = min(100, len(ends) // 2)  # trials per window: the first and the last
-    per = [(ends[i + hundred - 1] - ends[i]) / (hundred - 1) * 1000 for i in (0, len(ends) - hundred)]
-    return {**result, "trials": len(ends), "first_100_ms": per[0], "last_100_ms": per[1],
+    return {**result, "trials": len(marks), **per_trial_ms(marks),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def scale(trials: int, out: Path, sides: list[str], tune_trials: int = 100) -> None:
+def make_sampler(name: str):  # noqa: ANN201 - an Optuna sampler
+    import optuna
+
+    return (optuna.samplers.TPESampler(seed=SEED) if name == "tpe" else optuna.samplers.RandomSampler(seed=SEED))
+
+
+def scale(trials: int, out: Path, sides: list[str], tune_trials: int = 100, sampler: str = "tpe") -> None:
     """Each side in a subprocess, then one table."""
     import json
     import subprocess
@@ -271,24 +310,29 @@ def scale(trials: int, out: Path, sides: list[str], tune_trials: int = 100) -> N
     results = {}
     for side in sides:
         proc = subprocess.run([sys.executable, __file__, "--scale-side", side, "--scale", str(trials), "--out", str(out),
-                               "--scale-tune", str(tune_trials)], capture_output=True, text=True)
+                               "--scale-tune", str(tune_trials), "--scale-sampler", sampler],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{side} failed: {proc.stderr[-2000:]}")
             continue
         results[side] = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"## sweep at scale ({datetime.now():%Y-%m-%d}, {platform.machine()}, {psutil.cpu_count()} cores, "
-          f"{trials} trivial trials: DummyClassifier, {SCALE_FOLDS} folds, {SLOTS} at a time)\n")
-    print("| what | trials | wall s | overhead ms/trial | ms/trial, first 100 | ms/trial, last 100 | driver peak RSS MiB | MLflow runs |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"optuna": "Optuna alone (n_jobs=2)", "tune": "Ray Tune defaults + OptunaSearch",
+          f"{trials} trivial trials: DummyClassifier, {SCALE_FOLDS} folds, {SLOTS} at a time, sampler {sampler})\n")
+    print("| what | trials | wall s | overhead ms/trial | ms/trial, first 100 | ms/trial, last 100 | "
+          "driver CPU ms/trial, first 100 | driver CPU ms/trial, last 100 | driver peak RSS MiB | MLflow runs |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    names = {"optuna": "Optuna alone (n_jobs=2; CPU without the folds)", "tune": "Ray Tune defaults + OptunaSearch",
              "foldwise": "foldwise sweep (tune phase)"}
     for side, r in results.items():
         print(f"| {names[side]} | {r['trials']} | {r['wall']:.1f} | {overhead_ms(r['wall'], r['compute'], r['trials']):.0f} | "
-              f"{r['first_100_ms']:.0f} | {r['last_100_ms']:.0f} | {r['peak_rss_mb']:.0f} | {r['mlflow_runs']} |")
+              f"{r.get('first_100_ms', float('nan')):.0f} | {r.get('last_100_ms', float('nan')):.0f} | "
+              f"{r.get('first_100_cpu_ms', float('nan')):.1f} | {r.get('last_100_cpu_ms', float('nan')):.1f} | "
+              f"{r['peak_rss_mb']:.0f} | {r['mlflow_runs']} |")
     if "foldwise" in results:
         f = results["foldwise"]
         print(f"\nfoldwise whole command {f['command_wall']:.1f} s; phases (s): "
-              + ", ".join(f"{k}={v:.2f}" for k, v in f["phases"].items()))
+              + ", ".join(f"{k}={v:.2f}" for k, v in f["phases"].items())
+              + f"; MLflow trial runs {f['mlflow_runs']} for trials.total {f['mlflow_finished']}")
 
 
 def time_to(target: float, ends: list[tuple[float, float]]) -> float | None:
@@ -318,6 +362,8 @@ def main() -> None:
     ap.add_argument("--scale-sides", default="foldwise,optuna,tune", help="the sides of --scale, comma-separated")
     ap.add_argument("--scale-tune", type=int, default=100,
                     help="trials of the Ray Tune defaults side of --scale (a new actor per trial: ~4 s each here)")
+    ap.add_argument("--scale-sampler", choices=["tpe", "random"], default="tpe",
+                    help="the sampler of every --scale side (random: no sampler growth, to see the rest's)")
     ap.add_argument("--skip-tune-defaults", action="store_true",
                     help="leave out the Ray Tune defaults side (~13 min here; it runs no foldwise code), e.g. to "
                          "check foldwise against Optuna alone after a change to foldwise only")
@@ -329,12 +375,12 @@ def main() -> None:
 
         os.chdir(out)
         n = min(args.scale, args.scale_tune) if args.scale_side == "tune" else args.scale
-        result = scale_side(args.scale_side, n, out / f"scale-{args.scale_side}")
+        result = scale_side(args.scale_side, n, out / f"scale-{args.scale_side}", args.scale_sampler)
         (out / f"scale-{args.scale_side}.json").write_text(json.dumps(result))  # kept if a later side is cut short
         print(json.dumps(result))
         return
     if args.scale:
-        scale(args.scale, out, args.scale_sides.split(","), args.scale_tune)
+        scale(args.scale, out, args.scale_sides.split(","), args.scale_tune, args.scale_sampler)
         return
     os.chdir(out)  # MLflow's default artifact root (./mlruns) and foldwise's cache land under --out
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")

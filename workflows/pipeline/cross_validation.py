@@ -123,6 +123,25 @@ def cross_validate(plan: RunPlan, *, out: str | Path | None = None, address: str
         return _finish(ctx, result, register, step_facts, nodes)
 
 
+def model_folds(plan: RunPlan, *, address: str | None = None, executor: str = "auto", cache_root: str | None = None
+                ) -> DagOutput:
+    """The run graph's data, fold results and the spec's ensemble, with no MLflow run and no outputs.
+
+    What a sweep's ensemble phase searches on (the best trials' OOF) before its refit: every node
+    goes to the cache at `cache_root`, so a `cross_validate` of the same models after it trains
+    nothing again. Raises RunFailed when a task fails."""
+    spec, inputs = plan.spec, plan.inputs
+    fit_models = expand_seeds(list(plan.models))
+    keys = node_keys(spec, inputs, fit_models, plan.version)
+    cache = Cache(cache_root, enabled=True)
+    ex = LazyExecutor(executor, address)
+    with closes_on_failure(ex, spec):
+        sub = submit_folds(ex, cache, spec, inputs, fit_models, keys)
+        dag = gather(ex, cache, sub, spec, inputs, fit_models, keys, lambda r: None, False, lambda busy, cap: None)
+    ex.close()
+    return dag
+
+
 def _log_fold(runs: OpenRuns, r: FoldResult) -> None:
     runs.tracker.log_step(runs.children[r.model], tk.M_FOLD_SCORE, r.score, step=r.fold)
     log_fold_run(runs.tracker, runs.children[r.model], r)

@@ -215,6 +215,7 @@ class SearchSpec(_Frozen):
     storage: str | None = None  # an Optuna storage URL (sqlite:///, postgresql://, mysql://) for optuna-dashboard
     parallel_folds: bool = False
     refit: bool = False
+    ensemble_trials: int = Field(20, ge=1)  # the ensemble phase's settings tried (space keys ensemble.*)
 
     @field_validator("trials")
     @classmethod

@@ -22,7 +22,7 @@ from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.sweep_report import best_of, counts
 from foldwise.workflows.commands.sweep.finish import SweepContext, SweepResult, finish
-from foldwise.workflows.commands.sweep.plan import SweepPlan, plan_sweep, spec_hash
+from foldwise.workflows.commands.sweep.plan import SweepPlan, ensemble_problem_for, plan_sweep, spec_hash
 from foldwise.workflows.commands.sweep.progress import SweepProgress
 from foldwise.workflows.commands.sweep.state import SweepState, resolve_storage, resumable
 from foldwise.workflows.engine.cache import Cache
@@ -60,6 +60,8 @@ def run_sweep(spec: WorkflowSpec | str | Path, *, overrides: Sequence[str] = (),
     if register and not plan.refit:
         raise InputError("--register registers the refit's model: set search.refit: true (or drop --register)")
     inputs = validate_inputs(spec)
+    if plan.ensemble is not None and (problem := ensemble_problem_for(spec, plan.ensemble, inputs.task)):
+        raise InputError(problem)
     storage_root = resolve_storage(storage)
     prior: SweepState | None = None
     if resume is not None:

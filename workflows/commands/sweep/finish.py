@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from foldwise.infra import storage
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.report import write_json
@@ -25,6 +27,7 @@ from foldwise.tasks.sweep_report import (
     trials_frame,
     write_plots,
 )
+from foldwise.workflows.commands.sweep.ensemble import log_ensemble_trials, search_refit_ensemble, trial_row
 from foldwise.workflows.commands.sweep.plan import SweepPlan
 from foldwise.workflows.commands.sweep.state import SweepState
 from foldwise.workflows.engine.tune import BASELINE_TRIAL, Slots
@@ -98,11 +101,13 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
     c = counts(outcomes)
     phases["plots"] = time.perf_counter() - tick
     refit_summary = None
+    ensemble_summary = ensemble_skipped(plan, per_model)
     if plan.refit:
         tick = time.perf_counter()
         refit_summary = refit(ctx, best, per_model, storage.join(ctx.out, "refit"))
         tracker.log(refit_summary["run_id"], tags={"foldwise.refit_of": parent, "foldwise.best_trial_run": best.run_id or ""})
         phases["refit"] = time.perf_counter() - tick
+        ensemble_summary = ensemble_outputs(ctx, refit_summary.pop("ensemble_search", None), out_dir)
     (out_dir / "spec.yaml").write_text(to_yaml(spec))
     summary = {
         "command": "sweep",
@@ -134,6 +139,7 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
         "trials_requested": plan.trials,
         "importances": importance,
         "refit": refit_summary,
+        "ensemble_search": ensemble_summary,
         "resumes": ctx.state.resumes,
         "tune_path": ctx.state.tune_path,
         "wall_seconds": time.perf_counter() - ctx.wall_start,
@@ -151,6 +157,31 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
     storage.publish_folder(out_dir, ctx.out)
     return SweepResult(summary=summary, out_dir=out_dir if not storage.is_uri(ctx.out) else ctx.out,
                        outcomes=tuple(outcomes))
+
+
+def ensemble_skipped(plan: SweepPlan, per_model: dict[str, TrialOutcome]) -> dict[str, Any] | None:
+    """summary.json's `ensemble_search` before the refit: None without ensemble keys, else why it did not run."""
+    if plan.ensemble is None:
+        return None
+    return {"trials": [], "best": None, "models": sorted(per_model),
+            "skipped": "fewer than two models completed a trial" if len(per_model) < 2 else "the refit did not run"}
+
+
+def ensemble_outputs(ctx: SweepContext, found: Any, out_dir: Path) -> dict[str, Any] | None:
+    """The ensemble phase's trials: child runs of the sweep, `ensemble_trials.csv`, summary.json's `ensemble_search`."""
+    if ctx.plan.ensemble is None:
+        return None
+    if found is None:
+        return {"trials": [], "best": None, "models": [], "skipped": "fewer than two models completed a trial"}
+    search, names = found
+    tags = {tk.TAG_MODEL: ",".join(names)}
+    runs = log_ensemble_trials(ctx.tracker, ctx.parent, search.trials, tags)
+    rows = [trial_row(t, runs.get(t.number)) for t in search.trials]
+    pd.DataFrame([{"trial": r["trial"], **r["params"], "method": r["setting"]["method"], "cv_score": r["cv_score"],
+                   "error": r["error"], "repeat_of": r["repeat_of"], "run_id": r["run_id"]} for r in rows]
+                 ).to_csv(out_dir / "ensemble_trials.csv", index=False)
+    return {"trials": rows, "best": trial_row(search.best, runs.get(search.best.number)), "models": names,
+            "skipped": None}
 
 
 def _trial(o: TrialOutcome) -> dict[str, Any]:
@@ -189,11 +220,13 @@ def refit(ctx: SweepContext, best: TrialOutcome, per_model: dict[str, TrialOutco
     """The best params through the whole `foldwise run` graph (OOF, test predictions, submission), as a child run.
 
     Several models in one study: each model's best trial, and their ensemble (the spec's method
-    over the models that completed a trial).
+    over the models that completed a trial; with `ensemble.*` space keys, the best setting of the
+    ensemble phase, searched on those models' OOF first: see ensemble.py).
     """
     plan = ctx.plan
     # the best trial's frame-step params (one set for the whole graph, with several models too)
     raw = with_step_params(ctx.spec, best.params).model_dump(mode="json")
+    search = None
     if not plan.multi:
         own = {k: v for k, v in best.params.items() if not is_step_key(k)}
         raw["models"][plan.model_index]["params"] = {**raw["models"][plan.model_index]["params"], **own}
@@ -206,12 +239,27 @@ def refit(ctx: SweepContext, best: TrialOutcome, per_model: dict[str, TrialOutco
         raw["models"] = [raw["models"][i] for i in keep]
         if raw["ensemble"].get("models"):
             raw["ensemble"]["models"] = [m for m in raw["ensemble"]["models"] if m in per_model] or None
-    run_plan = plan_run(load_spec(raw), ctx.tracking_uri)
-    result = cross_validate(run_plan, out=out, progress=ctx.progress, no_cache=ctx.no_cache, cache_root=ctx.cache_root,
-                            parent_run_id=ctx.parent, run_name="refit", register=ctx.register)
+    no_cache, cache_root, scratch = ctx.no_cache, ctx.cache_root, None
+    try:
+        if plan.ensemble is not None and len(raw["models"]) > 1:
+            if no_cache:  # the phase's folds are the refit's: a cache of their own, so they train once
+                scratch = tempfile.mkdtemp(prefix="foldwise-refit-cache-")
+                no_cache, cache_root = False, scratch
+            raw, search, names = search_refit_ensemble(raw, plan.ensemble, ctx.tracking_uri, ctx.inputs.metric,
+                                                       cache_root)
+        run_plan = plan_run(load_spec(raw), ctx.tracking_uri)
+        result = cross_validate(run_plan, out=out, progress=ctx.progress, no_cache=no_cache, cache_root=cache_root,
+                                parent_run_id=ctx.parent, run_name="refit", register=ctx.register)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     s = result.summary
     name = str(best.params.get(MODEL_KEY, plan.model.name))
-    return {"run_id": s["run_id"], "params": best.params, "cv_score": s["models"][name]["cv_score"],
-            "models": {m: v["cv_score"] for m, v in s["models"].items()},
-            "ensemble_cv_score": s["ensemble"]["cv_score"], "out_dir": out, "outputs": s["outputs"],
-            "model": s.get("model")}
+    summary = {"run_id": s["run_id"], "params": best.params, "cv_score": s["models"][name]["cv_score"],
+               "models": {m: v["cv_score"] for m, v in s["models"].items()},
+               "ensemble_cv_score": s["ensemble"]["cv_score"], "out_dir": out, "outputs": s["outputs"],
+               "model": s.get("model"),
+               "ensemble": {k: raw["ensemble"].get(k) for k in ("method", "params", "layers", "passthrough", "models")}}
+    if search is not None:
+        summary["ensemble_search"] = (search, names)
+    return summary

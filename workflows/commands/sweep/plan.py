@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from foldwise.tasks.ensemble_search import EnsembleSpace
 from foldwise.tasks.models import ModelConfig
 from foldwise.workflows.engine.tune_search import ConditionalSpace
 from foldwise.workflows.errors import InputError
@@ -54,6 +55,7 @@ class SweepPlan:
     storage: str | None = None
     grid: dict[str, list[Any]] | None = None
     baselines: tuple[dict[str, Any], ...] = ()  # enqueued first, in order: one per model with a point
+    ensemble: EnsembleSpace | None = None  # space keys ensemble.*: searched after the models, on their best OOF
 
     @property
     def multi(self) -> bool:
@@ -116,7 +118,12 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
     if not search.space:
         raise InputError("search.space is empty; name at least one parameter, e.g. learning_rate: {loguniform: [0.01, 0.3]}")
     tuned = tuple(search.models or ())
-    space = parse_space(search.space)
+    parsed = parse_space(search.space)
+    ensemble_keys = tuple(d for d in parsed if split_key(d.name, tuned).scope == "ensemble")
+    ensemble = ensemble_space(spec, ensemble_keys, tuned) if ensemble_keys else None
+    space = tuple(d for d in parsed if d not in ensemble_keys)
+    if not space:
+        raise InputError("search.space: name at least one model parameter (the ensemble is searched on the models' best trials)")
     keys = tuple(split_key(d.name, tuned) for d in space)
     for dist, key in zip(space, keys, strict=True):
         where = f"search.space.{dist.name}"
@@ -157,7 +164,7 @@ def plan_sweep(spec: WorkflowSpec, trials: int | None = None, concurrency: int |
     common = dict(trials=n_trials, concurrency=concurrency, timeout=timeout, pruner=search.pruner,
                   parallel_folds=search.parallel_folds, refit=search.refit, seed=spec.cv.seed, keys=keys,
                   sampler=search.sampler, sampler_seed=spec.cv.seed if search.seed is None else search.seed,
-                  objectives=objectives, storage=search.storage, grid=grid)
+                  objectives=objectives, storage=search.storage, grid=grid, ensemble=ensemble)
     if not tuned:
         index = names.index(search.model) if search.model is not None else 0
         model = model_config(spec.models[index], spec.preprocess)
@@ -199,6 +206,73 @@ def step_param_problem(spec: WorkflowSpec, key: SpaceKey) -> str | None:
 def step_values(spec: WorkflowSpec) -> dict[str, Any]:
     """The spec's own frame-step params as space keys (`steps.NAME.PARAM`): the baseline trial's values."""
     return {f"steps.{s.name}.{p}": v for s in spec.steps for p, v in s.params.items()}
+
+
+ENSEMBLE_KEYS = ("ensemble.method", "ensemble.params.NAME", "ensemble.layers", "ensemble.passthrough")
+
+
+def ensemble_space(spec: WorkflowSpec, dists: tuple[ParamDist, ...], tuned: tuple[str, ...]) -> EnsembleSpace:
+    """The `ensemble.*` space keys as the ensemble phase samples them, or InputError naming the key (exit 2)."""
+    from foldwise.tasks.ensemble import METHODS
+
+    search, ens = spec.search, spec.ensemble
+    assert search is not None
+    first = f"search.space.{dists[0].name}"
+    if len(tuned) < 2:
+        raise InputError(f"{first}: the ensemble is searched over several models' best trials; "
+                         "list two or more models in search.models")
+    if not search.refit:
+        raise InputError(f"{first}: the ensemble is searched on the best trials' OOF, which the refit computes; "
+                         "set search.refit: true")
+    methods: tuple[str, ...] = (ens.method,)
+    params, layers, passthrough = [], None, None
+    for d in dists:
+        where, key = f"search.space.{d.name}", split_key(d.name, tuned)
+        if key.owner is None and key.param == "method":
+            bad = [c for c in d.choices if c not in METHODS]
+            if d.kind != "categorical" or bad:
+                raise InputError(f"{where}: give {{categorical: [...]}} of the methods {', '.join(METHODS)}"
+                                 + (f" (got {bad[0]!r})" if bad else ""))
+            methods = tuple(d.choices)
+        elif key.owner == "params" and key.param:
+            params.append(d)
+        elif key.owner is None and key.param == "layers":
+            if d.kind != "int" or d.low < 1 or d.high > 5:
+                raise InputError(f"{where}: give {{int: [LOW, HIGH]}} within 1..5 (stack layers)")
+            layers = to_optuna(d)
+        elif key.owner is None and key.param == "passthrough":
+            if d.kind != "categorical" or any(not isinstance(c, bool) for c in d.choices):
+                raise InputError(f"{where}: give {{categorical: [false, true]}}")
+            passthrough = to_optuna(d)
+        else:
+            raise InputError(f"{where}: not a searchable ensemble key (valid: {', '.join(ENSEMBLE_KEYS)})")
+    stack_keys = [d.name for d in params] + [d.name for d in dists if d.name in ("ensemble.layers", "ensemble.passthrough")]
+    if stack_keys and "stack" not in methods:
+        raise InputError(f"search.space.{stack_keys[0]}: only method stack takes it; add stack to "
+                         f"ensemble.method's choices (or set ensemble.method: stack)")
+    return EnsembleSpace(methods=methods, params=tuple((d.name.removeprefix("ensemble.params."), to_optuna(d)) for d in params),
+                         layers=layers, passthrough=passthrough, fixed_params=tuple(ens.params.items()),
+                         fixed_layers=ens.layers, fixed_passthrough=ens.passthrough, meta=ens.meta,
+                         trials=search.ensemble_trials, seed=spec.cv.seed if search.seed is None else search.seed)
+
+
+def ensemble_problem_for(spec: WorkflowSpec, space: EnsembleSpace, task: str) -> str | None:
+    """Checks that need the task: rank_mean needs a binary task; the meta-model must take the searched params."""
+    from foldwise.workflows.pipeline.preflight import ensemble_problem
+
+    if "rank_mean" in space.methods and task != "binary":
+        return f"search.space.ensemble.method: rank_mean needs a binary task (the task is {task})"
+    if not space.params:
+        return None
+    probe = spec.model_copy(update={"ensemble": spec.ensemble.model_copy(update={
+        "method": "stack", "params": {name: dist_example(d) for name, d in space.params}})})
+    problem = ensemble_problem(probe, task)
+    return f"search.space.{problem.replace('ensemble.params:', 'ensemble.params.*:', 1)}" if problem else None
+
+
+def dist_example(dist: Any) -> Any:
+    """A value of an Optuna distribution (for a name check)."""
+    return dist.choices[0] if hasattr(dist, "choices") else dist.low
 
 
 def _grid(sampler: str, space: tuple[ParamDist, ...], tuned: tuple[str, ...]) -> dict[str, list[Any]] | None:
