@@ -68,7 +68,8 @@ def test_the_ensemble_is_searched_on_the_best_trials_oof_and_the_refit_runs_the_
         r = by_trial[t["trial"]]
         assert r.data.params == {k: str(v) for k, v in t["params"].items()}
         assert r.data.metrics["cv_score"] == pytest.approx(t["cv_score"], abs=1e-12)
-    assert (Path(result.out_dir) / "ensemble_trials.csv").exists()
+    table = Path(s["outputs"]["ensemble_trials"])
+    assert table == Path(result.out_dir) / "ensemble_trials.csv" and len(table.read_text().splitlines()) == 9
 
 
 def test_each_ensemble_trial_is_the_cross_fitted_blend_of_its_setting() -> None:

@@ -214,14 +214,13 @@ class SweepBook:
         """The trial's run. When the trial has already ended (the writer is behind), its whole
         record goes in one batch here: three store calls per trial instead of four."""
         tracker = self.writer.tracker
-        ended = rec.state in FINAL_STATES and not rec.written  # read once: Tune's thread may end it meanwhile
         tags = {**self.base_tags, tk.TAG_TRIAL: str(rec.number), tk.TAG_TRIAL_ID: rec.trial_id,
-                tk.TAG_ATTEMPT: str(rec.attempt), **(ending_tags(rec) if ended else {tk.TAG_TRIAL_STATE: "running"})}
+                tk.TAG_TRIAL_STATE: "running", tk.TAG_ATTEMPT: str(rec.attempt)}
         name = f"trial-{rec.number:03d}" + (f"-attempt{rec.attempt}" if rec.attempt > 1 else "")
         rec.run_id = tracker.start_run(name, tags, parent_id=self.parent_id, start_time=rec.started)
-        if ended:
+        if rec.state in FINAL_STATES and not rec.written:
             rec.written = True
-            write_ending(tracker, rec, params=rec.params, tagged=True)  # its state tags went in with the run
+            write_ending(tracker, rec, params=rec.params)
         else:
             tracker.log(rec.run_id, params=rec.params)
 
@@ -248,18 +247,8 @@ class SweepBook:
         return sum(not r.replaying for r in self.live.values())
 
 
-def ending_tags(rec: TrialRecord) -> dict[str, str]:
-    """The tags a trial's end sets: its state, and its failure when it failed."""
-    tags = {tk.TAG_TRIAL_STATE: rec.state}
-    if rec.error:
-        tags["foldwise.failure"] = rec.error[:5000]
-    return tags
-
-
-def write_ending(tracker: tk.Tracker, rec: TrialRecord, params: dict[str, Any] | None = None,
-                 tagged: bool = False) -> None:
-    """A trial's end in one batch: stepped fold scores, cv_score (completed only), state; then its status.
-    `tagged`: the run was created with its ending tags already (one statement less per tag)."""
+def write_ending(tracker: tk.Tracker, rec: TrialRecord, params: dict[str, Any] | None = None) -> None:
+    """A trial's end in one batch: stepped fold scores, cv_score (completed only), state; then its status."""
     folds = sorted(rec.fold_scores)
     metrics: dict[str, float] = {FOLDS_DONE: float(len(folds))}
     if folds:
@@ -267,7 +256,9 @@ def write_ending(tracker: tk.Tracker, rec: TrialRecord, params: dict[str, Any] |
     if rec.state == "completed":
         metrics[tk.M_CV_SCORE] = metrics["running_score"]
         metrics.update({f"{COST}{k}": v for k, v in rec.costs.items()})
-    tags = None if tagged else ending_tags(rec)
+    tags = {tk.TAG_TRIAL_STATE: rec.state}
+    if rec.error:
+        tags["foldwise.failure"] = rec.error[:5000]
     steps = {tk.M_FOLD_SCORE: {k: rec.fold_scores[k] for k in folds},
              tk.M_FIT_SECONDS: {k: rec.fit_seconds.get(k, 0.0) for k in folds}}
     tracker.log(rec.run_id, params=params, metrics=metrics, tags=tags, steps=steps)

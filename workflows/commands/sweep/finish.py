@@ -147,7 +147,9 @@ def finish(ctx: SweepContext, outcomes: list[TrialOutcome], best: TrialOutcome) 
         "phase_seconds": phases,
         "outputs": {"trials": storage.relocate(trials_csv, out_dir, ctx.out),
                     "plots": {k: storage.relocate(v, out_dir, ctx.out) for k, v in plots.items()},
-                    "plots_skipped": skipped},
+                    "plots_skipped": skipped,
+                    **({"ensemble_trials": storage.relocate(out_dir / "ensemble_trials.csv", out_dir, ctx.out)}
+                       if (out_dir / "ensemble_trials.csv").exists() else {})},
     }
     write_json(out_dir / "summary.json", summary)
     tracker.log(parent, metrics={tk.M_CV_SCORE: best.cv_score, "wall_seconds": summary["wall_seconds"],
