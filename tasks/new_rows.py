@@ -25,13 +25,7 @@ def read_chunks(source: str, columns: list[str], chunk_rows: int) -> Iterator[pd
     lower = source.lower()
     try:
         if lower.endswith((".parquet", ".pq")):
-            import pyarrow.parquet as pq
-
-            # map: this generator keeps no reference to a batch once handed over, so a chunk's memory
-            # goes when the caller drops its frame. Arrow decodes a whole row group at a time (a file's row
-            # groups bound its reader's memory); buffered reads keep the undecoded column chunks off the heap.
-            f = pq.ParquetFile(source, buffer_size=1 << 20)
-            yield from map(_frame_of, f.iter_batches(batch_size=chunk_rows, columns=columns))
+            yield from _parquet_chunks(source, columns, chunk_rows)
             return
         if lower.endswith((".csv", ".csv.gz", ".tsv")):
             yield from pd.read_csv(source, usecols=columns, chunksize=chunk_rows, sep="\t" if lower.endswith(".tsv") else ",")
@@ -41,26 +35,46 @@ def read_chunks(source: str, columns: list[str], chunk_rows: int) -> Iterator[pd
     raise DataError(f"data file {source!r}: unsupported format (use .csv, .csv.gz, .tsv or .parquet)")
 
 
-def _frame_of(batch: object) -> pd.DataFrame:
-    """A Parquet batch as pandas, one block per column: a number column without nulls stays
-    Arrow's buffer (no copy)."""
-    import pyarrow as pa
+def _parquet_chunks(source: str, columns: list[str], chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """A Parquet file row group by row group, each read a column at a time and cut in chunks.
 
-    return pa.Table.from_batches([batch]).to_pandas(split_blocks=True, self_destruct=True)
+    Arrow decodes a whole row group at once, and reading all its columns together (iter_batches)
+    holds two to three times the group's decoded size at its peak; one column at a time holds the
+    group once (a number column without nulls is Arrow's buffer, not copied into pandas). A chunk
+    never spans two row groups. The generator holds the group only while its chunks are handed out.
+    """
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(source, buffer_size=1 << 20)
+    for group in range(f.metadata.num_row_groups):
+        frame = _row_group_frame(f, group, columns)
+        for start in range(0, len(frame), chunk_rows):
+            yield frame.iloc[start:start + chunk_rows]
+        del frame
+
+
+def _row_group_frame(f: object, group: int, columns: list[str]) -> pd.DataFrame:
+    parts = {}
+    for c in columns:
+        table = f.read_row_group(group, columns=[c], use_threads=False)  # type: ignore[attr-defined]
+        parts[c] = table.to_pandas(split_blocks=True, self_destruct=True)[c]
+        del table
+    return pd.DataFrame(parts, copy=False)
+
+
+def count_chunks(source: str, chunk_rows: int) -> int | None:
+    """How many chunks `read_chunks` gives for a Parquet file (from its footer; None for text files)."""
+    if source.lower().endswith((".parquet", ".pq")):
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(source).metadata
+        return sum(-(-meta.row_group(g).num_rows // chunk_rows) for g in range(meta.num_row_groups))
+    return None
 
 
 def chunk_rows_for(features: int, chunk_bytes: int) -> int:
     """Rows per chunk so a chunk's encoded rows (float64) take about `chunk_bytes`."""
     return max(1_000, chunk_bytes // (8 * max(1, features)))
-
-
-def count_rows(source: str) -> int | None:
-    """Rows of a Parquet file from its footer (None for text files: counting would read them)."""
-    if source.lower().endswith((".parquet", ".pq")):
-        import pyarrow.parquet as pq
-
-        return int(pq.ParquetFile(source).metadata.num_rows)
-    return None
 
 
 @dataclass

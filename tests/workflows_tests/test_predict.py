@@ -153,6 +153,17 @@ def test_fold_tasks_predict_in_blocks_and_unpickle_each_fold_model_once(churn, t
     assert {k: id(v[0]) for k, v in predictor._ADAPTERS.items()} == kept
 
 
+def test_parquet_is_read_a_row_group_at_a_time_in_chunks_within_each(churn, tmp_path: Path) -> None:
+    result, d, uri = churn
+    expected = pd.read_parquet(result.summary["outputs"]["test_predictions"])
+    pd.read_csv(d / "test.csv").to_parquet(tmp_path / "t.parquet", row_group_size=70)  # groups 70 x 4 + 30
+    out = run_predict(result.run_id, str(tmp_path / "t.parquet"), out=tmp_path / "o", tracking_uri=uri,
+                      executor="local", chunk_rows=50)
+    assert out.summary["chunks"] == 9, "two chunks per 70-row group, one for the last 30 rows"
+    assert out.predictions["customer_id"].tolist() == expected["customer_id"].tolist()
+    np.testing.assert_allclose(out.predictions["yes"], expected["ensemble"], rtol=0, atol=TOL)
+
+
 def test_unknown_levels_and_drift_are_warned_not_hidden(churn, tmp_path: Path) -> None:
     result, d, uri = churn
     test = pd.read_csv(d / "test.csv")

@@ -29,7 +29,7 @@ import pandas as pd
 from foldwise.infra import storage
 from foldwise.tasks import images
 from foldwise.tasks.data import DataError, read_header
-from foldwise.tasks.new_rows import DriftCounter, chunk_rows_for, count_rows, read_chunks, write_csv
+from foldwise.tasks.new_rows import DriftCounter, chunk_rows_for, count_chunks, read_chunks, write_csv
 from foldwise.tasks.predictor import (
     ENSEMBLE,
     PredictInputError,
@@ -91,7 +91,7 @@ def run_predict(run: str, data: str, *, out: str | Path | None = None, model: st
             check_output(p, model)
             if p.steps:
                 p.check_raw_columns(header, data)
-                chunks, rows = _stepped_chunks(p, data, chunk_rows)
+                chunks, n_chunks = _stepped_chunks(p, data, chunk_rows)
             else:
                 p.check_columns(header, data)
         except (PredictInputError, DataError) as e:
@@ -100,10 +100,10 @@ def run_predict(run: str, data: str, *, out: str | Path | None = None, model: st
         columns = list(dict.fromkeys([*([id_col] if id_col else []), *p.columns,
                                       *([p.image_column] if p.image_column else [])]))
         if not p.steps:
-            chunks, rows = read_chunks(data, columns, chunk_rows), count_rows(data)
+            chunks, n_chunks = read_chunks(data, columns, chunk_rows), count_chunks(data, chunk_rows)
         notes = [] if id_col or not p.id_column else [f"id column {p.id_column!r} is not in {data}: rows are numbered instead"]
         names = list(p.blend.names) if model == ENSEMBLE else [model]
-        base, ids, facts = _predict_chunks(ex, p, names, data, chunks, rows, id_col, chunk_rows, progress)
+        base, ids, facts = _predict_chunks(ex, p, names, data, chunks, n_chunks, id_col, chunk_rows, progress)
     except TaskFailed as e:
         raise RunFailed(f"{e}", None) from None
     finally:
@@ -162,16 +162,17 @@ def _stepped_chunks(p: Predictor, data: str, chunk_rows: int) -> tuple[Iterator[
     except StepRaised as e:
         raise RunFailed(str(e), None) from None
     del frame
-    return (stepped.iloc[i:i + chunk_rows] for i in range(0, len(stepped), chunk_rows)), len(stepped)
+    return (stepped.iloc[i:i + chunk_rows] for i in range(0, len(stepped), chunk_rows)), -(-len(stepped) // chunk_rows)
 
 
 def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str, chunks: Iterable[pd.DataFrame],
-                    rows: int | None, id_col: str | None, chunk_rows: int, progress: bool
+                    n_chunks: int | None, id_col: str | None, chunk_rows: int, progress: bool
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
     """Every chunk: encode once, put once, one task per model x fold; two chunks in flight at most."""
     drift, unknown, digest = DriftCounter(p), {}, hashlib.sha256()
     per_chunk = sum(len(p.models[n]) for n in names)
-    total = -(-rows // chunk_rows) * per_chunk if rows is not None else None
+    total = n_chunks * per_chunk if n_chunks is not None else None
+    done_chunks = 0
     shell = folds = None
     image_folder = images.table_folder(data) if p.image_column else None
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
@@ -201,7 +202,7 @@ def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str,
             except (PredictInputError, ValueError, TypeError) as e:
                 raise InputError(str(e)) from None
             id_parts.append(chunk[id_col].to_numpy() if id_col else np.arange(seen, seen + len(chunk)))
-            first, seen = seen, seen + len(chunk)
+            first, seen, done_chunks = seen, seen + len(chunk), done_chunks + 1
             del chunk  # the encoded rows are all that is needed from here
             drift.add(enc.X)
             digest.update(enc.X)  # C-contiguous: hashed in place (no bytes copy)
@@ -229,7 +230,7 @@ def _predict_chunks(ex: LazyExecutor, p: Predictor, names: list[str], data: str,
     digest.update("\x1f".join(p.columns).encode())
     base = {n: np.concatenate(parts[n]) for n in names} | ({"": np.concatenate(blended)} if passthrough else {})
     facts = {"rows": seen, "unknown_levels": unknown, "drift": drift, "fingerprint": digest.hexdigest()[:16],
-             "predict_seconds": time.perf_counter() - tick, "chunks": -(-seen // chunk_rows), "tasks_per_chunk": per_chunk,
+             "predict_seconds": time.perf_counter() - tick, "chunks": done_chunks, "tasks_per_chunk": per_chunk,
              "chunk_rows": chunk_rows}
     return base, np.concatenate(id_parts), facts
 
