@@ -105,3 +105,30 @@ def test_kuberay_rayjob_manifest_runs_foldwise_with_token_auth():
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "4"
     dockerfile = (REPO / "infra" / "Dockerfile").read_text()
     assert f"rayproject/ray:{ray.__version__}-" in dockerfile and "RAY_AUTH_MODE=token" in dockerfile
+
+
+def test_running_head_is_the_recorded_ray_process_only_while_it_lives(tmp_path) -> None:
+    """Commands join a desktop cluster only when its recorded Ray head is the very process `up`
+    started: a dead pid, a reused pid (other start time) or an unreadable record means no cluster."""
+    import dataclasses
+    import os
+
+    import psutil
+
+    from foldwise.infra.cluster_state import ClusterState, Service, running_head
+
+    me = psutil.Process(os.getpid())
+    ray = Service(name="ray", pid=me.pid, pgid=os.getpgid(me.pid), create_time=me.create_time(), log="ray.log")
+    state = ClusterState(dir=str(tmp_path), gcs_address="127.0.0.1:6390", dashboard_url="http://127.0.0.1:8270",
+                         mlflow_url="http://127.0.0.1:5010", temp_dir=str(tmp_path), services=(ray,), env={})
+    assert running_head(tmp_path) is None  # nothing recorded
+    state.save()
+    assert running_head(tmp_path).gcs_address == "127.0.0.1:6390"
+    dataclasses.replace(state, services=(dataclasses.replace(ray, create_time=ray.create_time - 100),)).save()
+    assert running_head(tmp_path) is None  # the pid now belongs to another process
+    dead = psutil.Popen(["true"])
+    dead.wait()
+    dataclasses.replace(state, services=(dataclasses.replace(ray, pid=dead.pid),)).save()
+    assert running_head(tmp_path) is None
+    (tmp_path / "cluster.json").write_text("{not json")
+    assert running_head(tmp_path) is None

@@ -215,14 +215,6 @@ def test_a_run_from_the_clusters_folder_joins_its_head_instead_of_starting_a_ray
     # the run kept its own tracking (this folder's sqlite), not the cluster's server
     assert summary["tracking_uri"].startswith("sqlite:") and (project / "mlflow.db").exists()
 
-    # --address local (and other folds, so that Ray must start): a private Ray, no new driver on the head
-    private = subprocess.run([*foldwise_cmd(), "run", str(REPO / SPEC), "--executor", "ray", "--address", "local",
-                              "--set", "cv.seed=7", "--no-progress", "--out", str(tmp_path / "out2")], cwd=project, env=cluster.env,
-                             capture_output=True, text=True, timeout=300)
-    assert private.returncode == 0, private.stderr[-3000:]
-    assert "joining the desktop cluster" not in private.stderr
-    assert {j["job_id"] for j in _driver_jobs(cluster)} == before | {new[0]["job_id"]}
-
 
 # --------------------------------------------------------------------------- two nodes, shared storage on S3
 
