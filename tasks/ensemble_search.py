@@ -22,6 +22,7 @@ import numpy as np
 
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.repeats import blend_repeats
+from foldwise.tasks.suggest import suggest
 
 KEY = "ensemble"  # trial params read ensemble.method, ensemble.params.C, ensemble.layers, ensemble.passthrough
 STACK_ONLY = ("layers", "passthrough")  # settings (besides the meta-model's params) only a stack takes
@@ -63,16 +64,6 @@ class EnsembleSearchResult:
     best: EnsembleTrial  # the greatest score, earliest on ties
 
 
-def _suggest(trial: Any, name: str, dist: Any) -> Any:
-    import optuna
-
-    if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return trial.suggest_categorical(name, list(dist.choices))
-    if isinstance(dist, optuna.distributions.IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-
-
 def sample_setting(trial: Any, space: EnsembleSpace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the sampled params as named in the sweep's space, the full setting they make)."""
     sampled: dict[str, Any] = {}
@@ -83,14 +74,14 @@ def sample_setting(trial: Any, space: EnsembleSpace) -> tuple[dict[str, Any], di
     if method == "stack":
         params = dict(space.fixed_params)
         for name, dist in space.params:
-            params[name] = sampled[f"{KEY}.params.{name}"] = _suggest(trial, f"{KEY}.params.{name}", dist)
+            params[name] = sampled[f"{KEY}.params.{name}"] = suggest(trial, f"{KEY}.params.{name}", dist)
         setting["params"] = params
         setting["layers"] = space.fixed_layers
         setting["passthrough"] = space.fixed_passthrough
         if space.layers is not None:
-            setting["layers"] = sampled[f"{KEY}.layers"] = _suggest(trial, f"{KEY}.layers", space.layers)
+            setting["layers"] = sampled[f"{KEY}.layers"] = suggest(trial, f"{KEY}.layers", space.layers)
         if space.passthrough is not None:
-            setting["passthrough"] = sampled[f"{KEY}.passthrough"] = _suggest(trial, f"{KEY}.passthrough",
+            setting["passthrough"] = sampled[f"{KEY}.passthrough"] = suggest(trial, f"{KEY}.passthrough",
                                                                              space.passthrough)
     return sampled, setting
 

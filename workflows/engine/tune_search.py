@@ -19,6 +19,8 @@ import optuna
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from foldwise.tasks.suggest import suggest
+
 SCORE = "score"  # what a trial reports after each fold: the running mean of its fold scores
 FOLDS_DONE = "folds_done"  # the pruners' clock
 ASHA_REDUCTION = 2  # keep the better half at each rung (folds 1, 2, 4, ...), like Optuna's median pruner
@@ -30,15 +32,6 @@ OBJECTIVES = {"cv_score": (SCORE, "max"), "fit_seconds": ("cost.fit_seconds", "m
 
 
 # --------------------------------------------------------------------------- the space and the sampler
-
-
-def suggest(trial: Any, name: str, dist: Any) -> Any:
-    """One parameter from an Optuna distribution, through the trial's public `suggest_*` (define-by-run)."""
-    if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return trial.suggest_categorical(name, list(dist.choices))
-    if isinstance(dist, optuna.distributions.IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
 
 
 @dataclass(frozen=True)
