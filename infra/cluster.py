@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from foldwise.infra import secrets
-from foldwise.infra.cluster_state import DEFAULT_DIR, HOST, STATE_FILE, ClusterState, Service
+from foldwise.infra.cluster_state import DEFAULT_DIR, HOST, STATE_FILE, ClusterState, Service, alive
 from foldwise.infra.ray_token import RayTokenError, auth_headers, ensure_ray_token
 
 if TYPE_CHECKING:
@@ -304,17 +304,6 @@ def service(name: str, pid: int, log: Path) -> Service:
 
     return Service(name=name, pid=pid, pgid=os.getpgid(pid), create_time=psutil.Process(pid).create_time(),
                    log=str(log))
-
-
-def alive(s: Service) -> bool:
-    """The recorded process is running and is the one we started (not a reused pid)."""
-    import psutil
-
-    try:
-        p = psutil.Process(s.pid)
-        return abs(p.create_time() - s.create_time) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
 
 
 def tree(s: Service) -> list:

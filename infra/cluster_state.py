@@ -54,6 +54,17 @@ class ClusterState:
         return ClusterState(**raw)
 
 
+def alive(s: Service) -> bool:
+    """The recorded process is running and is the one we started (not a reused pid)."""
+    import psutil
+
+    try:
+        p = psutil.Process(s.pid)
+        return abs(p.create_time() - s.create_time) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 def running_head(directory: str | Path = DEFAULT_DIR) -> ClusterState | None:
     """The desktop cluster recorded in `directory` (this folder's `.foldwise/cluster` by default),
     if its Ray head is still the process `up` started (not a reused pid); else None.
@@ -65,15 +76,4 @@ def running_head(directory: str | Path = DEFAULT_DIR) -> ClusterState | None:
         return None
     if state is None:
         return None
-    import psutil
-
-    for s in state.services:
-        if s.name != "ray":
-            continue
-        try:
-            p = psutil.Process(s.pid)
-            if abs(p.create_time() - s.create_time) < 1.0 and p.status() != psutil.STATUS_ZOMBIE:
-                return state
-        except psutil.Error:
-            return None
-    return None
+    return state if any(s.name == "ray" and alive(s) for s in state.services) else None

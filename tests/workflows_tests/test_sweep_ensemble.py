@@ -5,15 +5,12 @@ Real Tune, Optuna and MLflow sqlite on the session Ray cluster; small models on 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from foldwise.workflows.cli.main import main
-from tests.conftest import store_state
-from tests.workflows_tests.test_sweep_study import LGBM, LOGREG, study_spec, sweep
+from tests.workflows_tests.test_sweep_study import LGBM, LOGREG, assert_refused, study_spec, sweep
 
 METHODS = ["mean", "weights", "stack"]
 SPACE = {"lgbm.num_leaves": {"int": [4, 32]}, "logreg.C": {"loguniform": [0.01, 10.0]},
@@ -127,12 +124,4 @@ def test_bad_ensemble_keys_exit_2_and_log_nothing(case: str, tmp_path: Path, cap
     spec["search"].update({k: v for k, v in change.items() if not k.startswith("ensemble.")})
     if spec["search"].get("models") is None:
         spec["search"].pop("models")
-    path = tmp_path / "spec.json"
-    path.write_text(json.dumps(spec))
-    db = tmp_path / "m.db"
-    code = main(["sweep", str(path), "--tracking-uri", f"sqlite:///{db}", "--storage", str(tmp_path / "store"),
-                 "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert needle in err
-    assert store_state(db) is None and not (tmp_path / "out").exists() and not (tmp_path / "store").exists()
+    assert_refused(spec, needle, tmp_path, capsys)

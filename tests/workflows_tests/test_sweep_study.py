@@ -135,6 +135,11 @@ def test_bad_study_settings_exit_2_and_log_nothing(case: str, tmp_path: Path, ca
     change, needle = BAD[case]
     spec = study_spec([LOGREG], space={"C": {"loguniform": [0.01, 1.0]}})
     spec["search"].update(change)
+    assert_refused(spec, needle, tmp_path, capsys)
+
+
+def assert_refused(spec: dict, needle: str, tmp_path: Path, capsys) -> None:
+    """`foldwise sweep` of `spec` exits 2 naming `needle`, with no MLflow rows, outputs or storage."""
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec))
     db = tmp_path / "m.db"
