@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from foldwise.tasks.ablation import (
 )
 from foldwise.tasks.bootstrap import resample_counts, weighted_scores
 from foldwise.tasks.data import PreparedData, drop_columns
+from foldwise.tasks.features import fit_vocabulary, frame
 from foldwise.tasks.folds import assign_folds
 from foldwise.tasks.metrics import score
 from foldwise.tasks.models import ModelConfig
@@ -221,6 +223,61 @@ def test_permutation_importance_reuses_the_fitted_model(tmp_path: Path) -> None:
     assert summarise_importance([permutation_importance_fold(data, plan, unpicklable, GROUPS, "roc_auc", 6)]) == {
         "slow": None}
     assert pickle.loads(results[0].fitted).model.coef_.shape == (1, len(COLUMNS))
+
+
+def _per_shuffle_importance(data: PreparedData, plan, result, groups, metric: str, seed: int, repeats: int) -> dict:
+    """The direct computation: one copy, one frame and one predict per group x shuffle, drawn in that order."""
+    model = pickle.loads(result.fitted)
+    rows = plan.valid_rows(result.fold)
+    vocab = fit_vocabulary(data, plan.train_rows(result.fold))
+    X, y = data.X[rows], data.y[rows]
+    rng = np.random.default_rng([seed, result.fold])
+    out = {}
+    for name, cols in groups.items():
+        j = [data.columns.index(c) for c in cols]
+        drops = []
+        for _ in range(repeats):
+            shuffled = X.copy()
+            shuffled[:, j] = X[rng.permutation(len(rows))][:, j]
+            pred = np.asarray(model.predict(frame(data, shuffled, vocab)))
+            drops.append(result.score - score(metric, data.task, y, pred))
+        out[name] = drops
+    return out
+
+
+def _with_category(data: PreparedData) -> PreparedData:
+    """`data` plus a categorical column (codes into 4 levels, some missing) in the weak group."""
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 4, size=len(data.y)).astype(np.float64)
+    codes[rng.uniform(size=len(codes)) < 0.05] = np.nan
+    X = np.column_stack([data.X, codes + 0.0 * data.y])
+    return replace(data, X=X, columns=(*data.columns, "cat"), categories={"cat": ("a", "b", "c", "d")})
+
+
+@pytest.mark.parametrize("block_cells", [None, 2 * 160 * 10])  # None: one block; else 2 shuffles per block
+@pytest.mark.parametrize("model,metric", [
+    (ModelConfig(name="gbm", type="lightgbm", params={"n_estimators": 30, "num_leaves": 7, "verbose": -1}), "roc_auc"),
+    (LOGREG, "neg_log_loss"),
+])
+def test_stacked_importance_equals_one_predict_per_shuffle(model: ModelConfig, metric: str, block_cells,
+                                                           monkeypatch) -> None:
+    """Shuffles predicted in stacked blocks give the per-shuffle scores (same seed, same draws) to 1e-12."""
+    import foldwise.tasks.ablation as ablation
+
+    if block_cells is not None:
+        monkeypatch.setattr(ablation, "_IMPORTANCE_BLOCK_CELLS", block_cells)
+    data = _with_category(synthetic(4))
+    groups = {"strong": ("s1", "s2"), "weak": ("w1", "w2", "cat"), "noise": ("z1", "z2", "z3", "z4", "z5")}
+    plan = assign_folds(data.y, None, "stratified", 5, 4)
+    for k in (0, 3):
+        result = train_fold(data, plan, model, k, metric, 4)
+        got = permutation_importance_fold(data, plan, result, groups, metric, 4, repeats=3)
+        want = _per_shuffle_importance(data, plan, result, groups, metric, 4, 3)
+        assert list(got.drops) == list(want) and got.seconds > 0
+        for g in groups:
+            np.testing.assert_allclose(got.drops[g], want[g], rtol=0, atol=1e-12, err_msg=g)
+        assert len(set(got.drops["strong"])) == 3, "three different shuffles"
+        assert permutation_importance_fold(data, plan, result, groups, metric, 5, repeats=3).drops != got.drops
 
 
 # --------------------------------------------------------------------------- the report

@@ -113,6 +113,8 @@ def test_an_unchanged_rerun_fits_nothing_and_never_starts_ray(ws: Path, runs: di
     again = run_ablation(ws / "spec.yaml", n_boot=500, executor="ray", **_kw(ws, "again")).summary
     assert fits(ws / "fits.log") == before and again["startup_seconds"] == 0.0
     assert set(again["dag"]["nodes_run"]) == {"fold_bootstrap"}, "only the statistics are recomputed, in-process"
+    assert again["dag"]["importance_task_seconds"] == 0.0, "importance read from the cache"
+    assert again["permutation_importance"] == runs["ablate"].summary["permutation_importance"]
     first = runs["ablate"].summary["variants"]
     assert [(v["dropped"], v["delta"], v["delta_ci"], v["verdict"]) for v in again["variants"]] == [
         (v["dropped"], v["delta"], v["delta_ci"], v["verdict"]) for v in first], "same seed, same intervals"
@@ -159,6 +161,15 @@ def test_permutation_importance_is_reported_apart(runs: dict) -> None:
         assert imp["models"][m]["strong"]["mean"] > 0.05
     # computed on the baseline models the run had fitted: no fit beyond the variants' (counted above)
     assert s["dag"]["nodes_run"]["permutation_importance_fold"] == 2 * FOLDS
+    # --no-cache submits each importance task with its baseline fit's handle (it runs once that fit ends);
+    # after `foldwise run` it reads the cached fold: the same fitted models, so the same importance
+    fresh = runs["fresh"].summary
+    assert fresh["dag"]["nodes_run"]["permutation_importance_fold"] == 2 * FOLDS
+    for m in ("a", "b"):
+        for g, v in imp["models"][m].items():
+            assert fresh["permutation_importance"]["models"][m][g] == pytest.approx(v, abs=1e-12), (m, g)
+    assert s["dag"]["importance_task_seconds"] > 0 and fresh["dag"]["importance_task_seconds"] > 0
+    assert {"statistics", "importance_after_statistics", "statistics_and_importance"} <= set(fresh["phase_seconds"])
 
 
 def test_report_and_chart(runs: dict) -> None:
@@ -238,14 +249,15 @@ def test_bad_input_exits_2_and_logs_nothing(ws: Path, capsys, args: list[str], g
     assert not (ws / "bad-out").exists() and fits(ws / "fits.log") == before
 
 
-def test_a_failing_fit_marks_the_runs_failed(ws: Path) -> None:
+@pytest.mark.parametrize("executor", ["local", "ray"])  # on Ray, importance tasks wait on the failing fits' handles
+def test_a_failing_fit_marks_the_runs_failed(ws: Path, executor: str) -> None:
     from mlflow.tracking import MlflowClient
 
     spec = make_spec(ws, name="ablate-fail")
     spec["models"] = [{"name": "x", "type": "tests.workflows_tests.adapters:ExplodesOnFold"}]
     uri = f"sqlite:///{ws / 'mlflow.db'}"
     with pytest.raises(RunFailed, match="matrix is singular") as info:
-        run_ablation(spec, executor="local", out=ws / "fail", tracking_uri=uri, cache_root=str(ws / "cache"))
+        run_ablation(spec, executor=executor, out=ws / f"fail-{executor}", tracking_uri=uri, cache_root=str(ws / "cache"))
     client = MlflowClient(uri)
     parent = client.get_run(info.value.run_id)
     assert parent.info.status == "FAILED"

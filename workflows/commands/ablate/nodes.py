@@ -26,7 +26,7 @@ from foldwise.workflows.commands.ablate.plan import BASELINE, AblationPlan, Vari
 from foldwise.workflows.engine.cache import Cache, key_of
 from foldwise.workflows.engine.executor import LazyExecutor, Slot
 from foldwise.workflows.errors import TaskFailed
-from foldwise.workflows.pipeline.dag import collect_folds, ensemble_node
+from foldwise.workflows.pipeline.dag import Submitted, collect_folds, ensemble_node
 from foldwise.workflows.pipeline.inputs import Inputs
 from foldwise.workflows.pipeline.plan import RunPlan
 from foldwise.workflows.pipeline.provenance import tasks_version
@@ -62,6 +62,7 @@ class AblationDag:
     importance: dict[str, dict[str, GroupImportance] | None]  # model -> group -> importance
     cached: dict[str, list[bool]]  # node name -> per fold: from the cache
     phases: dict[str, float]
+    importance_task_seconds: float = 0.0  # the importance tasks' own seconds (they overlap the fits)
 
 
 def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation: AblationPlan,
@@ -70,7 +71,15 @@ def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation
     """Folds (cached or fitted) -> one ensemble per variant -> importance on the baseline -> paired statistics."""
     spec, inputs, base, variants = run.spec, run.inputs, list(run.models), list(ablation.variants)
     n_boot, repeats = ablation.n_boot, ablation.repeats
-    data, plan, folds, phases = collect_folds(ex, cache, sub, fit_models, keys, log_fold, progress, on_slots)
+    groups = {v.name: v.columns for v in variants[1:]}
+    # importance goes in with the fits: each task waits on its baseline fold's handle only, so it runs in
+    # a slot the fits leave (between them, or in their last round) instead of after every fit
+    pending = submit_importance(ex, cache, sub, base, keys, groups, inputs.metric, spec.cv.seed, repeats)
+    try:
+        data, plan, folds, phases = collect_folds(ex, cache, sub, fit_models, keys, log_fold, progress, on_slots)
+    except TaskFailed:
+        pending.abandon(ex, cache)
+        raise
     tick = time.perf_counter()
     ens_names = spec.ensemble.models or [m.name for m in base]
     by_name = {m.name: m for m in base}
@@ -81,17 +90,21 @@ def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation
         headline[v.name] = (list(ens.repeat_oof) or [ens.oof], list(ens.fold_scores))  # OOF per repeat
     phases["ensembles"] = time.perf_counter() - tick
 
-    tick = time.perf_counter()  # importance tasks queue first, the bootstrap's behind them: no idle slot between
-    groups = {v.name: v.columns for v in variants[1:]}
-    pending = submit_importance(ex, cache, sub, data, plan, base, folds, keys, groups, inputs.metric, spec.cv.seed,
-                                repeats)
-    stats = paired_statistics(ex, spec, inputs, data, plan, base, variants, folds, headline, n_boot,
-                        sole=ens_names[0] if len(ens_names) == 1 else None)
+    tick = time.perf_counter()
+    try:
+        stats = paired_statistics(ex, spec, inputs, data, plan, base, variants, folds, headline, n_boot,
+                                  sole=ens_names[0] if len(ens_names) == 1 else None)
+    except TaskFailed:
+        pending.abandon(ex, cache)
+        raise
+    phases["statistics"] = time.perf_counter() - tick
+    waited = time.perf_counter()
     importance = pending.gather(ex, cache)
+    phases["importance_after_statistics"] = time.perf_counter() - waited  # what importance still added at the end
     phases["statistics_and_importance"] = time.perf_counter() - tick
     cached = {node: [(node, k) in sub.cached for k in range(plan.n_splits)] for node in folds}
     return AblationDag(data=data, plan=plan, folds=folds, headline=headline, stats=stats, importance=importance,
-                       cached=cached, phases=phases)
+                       cached=cached, phases=phases, importance_task_seconds=pending.task_seconds)
 
 
 def paired_statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, data: Any, plan: Any,
@@ -146,41 +159,55 @@ class PendingImportance:
 
     results: list[FoldImportance]
     todo: dict[Any, str]  # handle -> cache key
+    task_seconds: float = 0.0  # summed time the tasks gathered here ran (cached results: 0)
 
     def gather(self, ex: CountingExecutor, cache: Cache) -> dict[str, dict[str, GroupImportance] | None]:
         from foldwise.tasks.ablation import summarise_importance
 
         try:
             for handle, fi in ex.as_completed(list(self.todo)):
-                cache.put("importance", self.todo[handle], fi)
-                self.results.append(fi)
+                self._keep(cache, handle, fi)
         except TaskFailed:
-            ex.cancel(list(self.todo))
+            self.abandon(ex, cache)
             raise
         return summarise_importance(sorted(self.results, key=lambda f: (f.model, f.fold)))
 
+    def _keep(self, cache: Cache, handle: Any, fi: FoldImportance) -> None:
+        cache.put("importance", self.todo.pop(handle), fi)
+        self.results.append(fi)
+        self.task_seconds += fi.seconds
 
-def submit_importance(ex: CountingExecutor, cache: Cache, sub: Any, data: Any, plan: Any, base: list[ModelConfig],
-                      folds: dict[str, list[FoldResult]], keys: Any, groups: dict[str, tuple[str, ...]], metric: str,
-                      seed: int, repeats: int) -> PendingImportance:
-    """One permutation_importance_fold per baseline model x fold (cached by the fold's key): re-predicts, never refits."""
+    def abandon(self, ex: CountingExecutor, cache: Cache) -> None:
+        """The command fails: cache the tasks that finished, cancel the rest."""
+        for handle, fi in ex.finished(list(self.todo)):
+            self._keep(cache, handle, fi)
+        ex.cancel(list(self.todo))
+
+
+def submit_importance(ex: CountingExecutor, cache: Cache, sub: Submitted, base: list[ModelConfig], keys: Any,
+                      groups: dict[str, tuple[str, ...]], metric: str, seed: int, repeats: int) -> PendingImportance:
+    """One permutation_importance_fold per baseline model x fold (cached by the fold's key): re-predicts, never
+    refits. Submitted with the folds: a fold still being fitted is passed as its task's handle."""
 
     def key(m: ModelConfig, k: int) -> str:
         return key_of("importance", keys.folds[(m.name, k)], sorted(groups.items()), metric, seed, repeats,
                       tasks_version())
 
     pending = PendingImportance(results=[], todo={})
+    fitting = {mk: handle for handle, mk in sub.fits.items()}
     data_ref = plan_ref = None
     for m in base:
-        for k, r in enumerate(folds[m.name]):
+        for k in range(sub.plan.n_splits):
             hit = cache.get("importance", key(m, k))
             if hit is not None:
                 pending.results.append(hit)
                 continue
             if data_ref is None:
-                data_ref = sub.prepared if sub.prepared is not None else ex.put(data)
-                plan_ref = sub.plan_handle if sub.plan_handle is not None else ex.put(plan)
-            handle = ex.submit(permutation_importance_fold, data_ref, plan_ref, r, groups, metric, seed, repeats,
+                data_ref = sub.prepared if sub.prepared is not None else ex.put(sub.data)
+                plan_ref = sub.plan_handle if sub.plan_handle is not None else ex.put(sub.plan)
+            # the baseline node is named as the model; a fold still being fitted goes in as its handle
+            fold = fitting[(m.name, k)] if (m.name, k) in fitting else sub.cached[(m.name, k)]
+            handle = ex.submit(permutation_importance_fold, data_ref, plan_ref, fold, groups, metric, seed, repeats,
                                slot=Slot(m.cpus, m.gpus), name=f"permutation_importance[model={m.name}, fold={k}]")
             pending.todo[handle] = key(m, k)
     return pending
