@@ -228,8 +228,14 @@ def main() -> None:
     ap.add_argument("--warm-rounds", type=int, default=3,
                     help="rounds of the warm loop (each side: one process, a warm-up call, then --warm-calls timed calls); 0 skips it")
     ap.add_argument("--warm-calls", type=int, default=2)
+    ap.add_argument("--trees", type=int, default=LGBM_PARAMS["n_estimators"],
+                    help="LightGBM trees per fold (more trees: a workload whose fits take a minute or more)")
+    ap.add_argument("--cold-only", action="store_true",
+                    help="only the alternated cold rounds and whole processes (no sequential loop, warm loop, "
+                         "overhead or memory parts)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = ap.parse_args()
+    LGBM_PARAMS["n_estimators"] = args.trees  # every side reads the same dict
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     uri = f"sqlite:///{out / 'mlflow.db'}"
@@ -259,7 +265,7 @@ def main() -> None:
 
     # --- sequential loop
     start = time.perf_counter()
-    for train, valid in cv.split(X, y):
+    for train, valid in ([] if args.cold_only else cv.split(X, y)):
         model = lgb.LGBMClassifier(**LGBM_PARAMS, n_jobs=1, random_state=0).fit(X[train], y[train])
         model.predict_proba(X[valid])
     results["sequential"] = time.perf_counter() - start
@@ -298,6 +304,10 @@ def main() -> None:
     s = fw_runs[fw_walls.index(sorted(fw_walls)[(len(fw_walls) - 1) // 2])]  # the median run's phases
     fw_compute = sum(s["models"]["lgbm"]["fit_seconds"]) + sum(s["models"]["lgbm"]["predict_seconds"])
     ratios = [f / j for f, j in zip(fw_walls, joblib_walls, strict=True)]
+    if args.cold_only:
+        print_cold(args, results, fw_wall, s, whole_median := {k: statistics.median(v) for k, v in whole.items()},
+                   {k: statistics.median(v) for k, v in cpu.items()}, joblib_walls, fw_walls, ratios, fw_compute)
+        return
     with PeakPSS() as mem_joblib:
         _fresh_process(JOBLIB_SCRIPT, str(data_path), str(args.folds), json.dumps(LGBM_PARAMS))
     whole_median = {k: statistics.median(v) for k, v in whole.items()}
@@ -381,6 +391,27 @@ def main() -> None:
     print(f"\npeak memory (PSS, process tree; dataset {data_mb:.1f} MiB): joblib {args.folds} folds {mem_joblib.peak / 2**20:.0f} MiB; "
           f"foldwise {args.folds} folds {mem_fw.peak / 2**20:.0f} MiB; foldwise 2 folds {mem_folds[2]:.0f} MiB; "
           f"8 folds {mem_folds[8]:.0f} MiB")
+
+
+def print_cold(args: argparse.Namespace, results: dict[str, float], fw_wall: float, s: dict, whole: dict[str, float],
+               cpu: dict[str, float], joblib_walls: list[float], fw_walls: list[float], ratios: list[float],
+               fw_compute: float) -> None:
+    """`--cold-only`: the start-up-excluded and the whole-process tables of the alternated cold rounds."""
+    print(f"## cv_parallel --cold-only ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {psutil.cpu_count()} cores, "
+          f"{args.rows} x {args.features}, {args.folds} folds, LightGBM {LGBM_PARAMS['n_estimators']} trees, "
+          f"1 thread per fold, {args.repeats} alternated rounds, medians)\n")
+    print("| what | wall s | vs joblib |\n|---|---:|---:|")
+    print(f"| cross_val_predict(n_jobs=2) | {results['joblib']:.2f} | 1.00x |")
+    print(f"| Ray by hand, start-up excluded | {results['ray_by_hand']:.2f} | {results['ray_by_hand'] / results['joblib']:.2f}x |")
+    print(f"| foldwise run, start-up excluded | {fw_wall:.2f} | {fw_wall / results['joblib']:.2f}x |")
+    print(f"| Ray start-up (foldwise's median run) | {s['startup_seconds']:.2f} | |\n")
+    print("| whole process | wall s | vs joblib | driver CPU s |\n|---|---:|---:|---:|")
+    for key, label in (("joblib", "cross_val_predict script"), ("ray", "Ray by hand script"), ("foldwise", "run_cv script")):
+        print(f"| {label} | {whole[key]:.2f} | {whole[key] / whole['joblib']:.2f}x | {cpu[key]:.2f} |")
+    print(f"\nrounds: joblib {', '.join(f'{w:.2f}' for w in joblib_walls)} s; foldwise (start-up excluded) "
+          f"{', '.join(f'{w:.2f}' for w in fw_walls)} s; per round {', '.join(f'{x:.2f}' for x in ratios)}")
+    print(f"foldwise phases (s): {', '.join(f'{k}={v:.2f}' for k, v in s['phase_seconds'].items())}; "
+          f"fit+predict inside fold tasks: {fw_compute:.2f} s")
 
 
 if __name__ == "__main__":
