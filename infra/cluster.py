@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -67,6 +67,7 @@ class ClusterConfig:
     outputs: str | None = None
     temp_dir: str | None = None
     listen: str = HOST  # the address Ray advertises and binds; 127.0.0.1: nothing reachable from the network
+    warm: bool = True  # start the warm command server (`--no-warm`: not)
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def check_config(directory: Path, config: ClusterConfig) -> None:
     except ServerConfigError as e:
         raise ClusterConfigError(str(e)) from None
     state = ClusterState.load(directory)
-    if state is not None and all(alive(s) for s in state.services):
+    if state is not None and all(alive(s) for s in core(state.services)):
         return  # already up: `up` reports it
     for flag, port in ports.items():
         if not port_free(port, config.listen):
@@ -147,8 +148,8 @@ def up(directory: Path, config: ClusterConfig) -> Started:
 
     existing = ClusterState.load(directory)
     if existing is not None:
-        if all(alive(s) for s in existing.services):
-            return Started(state=existing, already_up=True)
+        if all(alive(s) for s in core(existing.services)):
+            return Started(state=keep_warm(existing, config), already_up=True)
         stop_services(existing.services)  # half-dead leftovers of a crashed machine or a killed process
         (directory / STATE_FILE).unlink()
     try:
@@ -156,6 +157,7 @@ def up(directory: Path, config: ClusterConfig) -> Started:
     except RayTokenError as e:
         raise ClusterError(f"Ray token authentication: {e}") from None
     directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # the MLflow store, logs and the warm server's socket: this user's only
     mlflow = mlflow_config(directory, config)  # validated by check_config
     started: list[Service] = []
     try:
@@ -173,6 +175,8 @@ def up(directory: Path, config: ClusterConfig) -> Started:
                                    start_new_session=True)
         started.append(service("ray", ray.pid, ray_log))
         dashboard = f"http://{url_host(config.listen)}:{config.dashboard_port}"
+        if config.warm:  # it imports for seconds while the others come up; it is not waited for
+            started.append(start_warm(directory))
         wait_ready(mlflow.url, proc, timeout=120, log_file=mlflow_log)
         wait_jobs_api(dashboard, ray, ray_log)
     except BaseException as e:
@@ -185,6 +189,38 @@ def up(directory: Path, config: ClusterConfig) -> Started:
                          env={k: v for k, v in env.items() if "PASSWORD" not in k}, listen=config.listen, ports=ports)
     state.save()
     return Started(state=state, already_up=False, token_note=token_note)
+
+
+# The warm command server (`foldwise.workflows.cli.warm`, started by module name: infra imports
+# nothing from workflows). A service like the others, except that the cluster is up without it.
+WARM = "warm"
+WARM_MODULE = "foldwise.workflows.cli.warm"
+
+
+def core(services: tuple[Service, ...]) -> list[Service]:
+    """The services the cluster is up with (Ray and MLflow; not the warm server)."""
+    return [s for s in services if s.name != WARM]
+
+
+def start_warm(directory: Path) -> Service:
+    """The warm server on DIR/warm.sock, in its own session, logging to DIR/warm-server.log. It gets
+    this process's environment as it is (not the head's): commands compare theirs with it."""
+    log_file = directory / "warm-server.log"
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", WARM_MODULE, str(directory)], stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory, start_new_session=True)
+    return service(WARM, proc.pid, log_file)
+
+
+def keep_warm(state: ClusterState, config: ClusterConfig) -> ClusterState:
+    """An `up` on a running cluster: (re)start the warm server if it is wanted and not running."""
+    if not config.warm or any(s.name == WARM and alive(s) for s in state.services):
+        return state
+    stop_services([s for s in state.services if s.name == WARM])  # a recorded pid that was reused: not ours
+    os.chmod(state.dir, 0o700)
+    state = replace(state, services=(*core(state.services), start_warm(Path(state.dir))))
+    state.save()
+    return state
 
 
 def mlflow_config(directory: Path, config: ClusterConfig) -> ServerConfig:
@@ -326,13 +362,14 @@ def tree(s: Service) -> list:
 
 
 def stop_services(services: tuple[Service, ...] | list[Service], grace: float = 15.0) -> set[int]:
-    """SIGTERM each tree (Ray first: its jobs may still log to MLflow), then SIGKILL what is left.
+    """SIGTERM each tree (the warm server first: its commands stop cleanly while Ray and MLflow are up;
+    then Ray: its jobs may still log to MLflow), then SIGKILL what is left.
 
     Returns the pids still alive afterwards (empty when all stopped)."""
     import psutil
 
     left: set[int] = set()
-    for s in sorted(services, key=lambda s: s.name != "ray"):
+    for s in sorted(services, key=lambda s: {WARM: 0, "ray": 1}.get(s.name, 2)):
         procs = tree(s)
         if alive(s):
             try:

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", help="cache root for jobs: a path or s3://, gs:// URI (default DIR/cache)")
     p.add_argument("--outputs", help="outputs root for jobs: a path or URI (default DIR/outputs)")
     p.add_argument("--temp-dir", help="Ray's temp dir (default a per-port folder under the system temp dir)")
+    p.add_argument("--no-warm", dest="warm", action="store_false",
+                   help="do not start the warm command server (by default commands run from this folder skip "
+                        "~5 s of imports by forking from it; docs/clusters.md)")
     p.add_argument("--listen", default="127.0.0.1", metavar="ADDRESS",
                    help="address Ray binds and advertises (default 127.0.0.1: every Ray port on loopback, no other "
                         "machine can join); this machine's network address lets other nodes join, and then Ray "
@@ -70,7 +73,8 @@ def cluster_config(args: argparse.Namespace) -> ClusterConfig:
     return ClusterConfig(gpus=args.gpus, cpus=args.cpus, ray_port=args.ray_port, dashboard_port=args.dashboard_port,
                          mlflow_port=args.mlflow_port, backend_store_uri=args.backend_store_uri,
                          artifacts_destination=args.artifacts_destination, mlflow_basic_auth=args.mlflow_basic_auth,
-                         cache=args.cache, outputs=args.outputs, temp_dir=args.temp_dir, listen=args.listen)
+                         cache=args.cache, outputs=args.outputs, temp_dir=args.temp_dir, listen=args.listen,
+                         warm=args.warm)
 
 
 def down(directory: Path) -> bool:
@@ -117,6 +121,9 @@ def print_addresses(state: ClusterState) -> None:
     print(f"MLflow           {state.mlflow_url}   (tracking server and UI)")
     for k in ("FOLDWISE_CACHE", "FOLDWISE_OUTPUTS"):
         print(f"{k:<17}{state.env.get(k, '')}")
+    if any(s.name == "warm" for s in state.services):
+        print(f"warm server      {state.dir}/warm.sock   (commands from this folder fork from its imports; "
+              "FOLDWISE_WARM=0 opts out)")
     print(f"state and logs   {state.dir}")
     print("submit a job:    foldwise submit workflows/examples/breast_cancer.yaml "
           f"--address {state.dashboard_url} --wait")

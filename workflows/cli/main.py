@@ -100,6 +100,12 @@ def _stop_as_interrupt(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the `foldwise` process itself: the desktop cluster's warm server may run it
+        from foldwise.workflows.cli.warm_client import delegate
+
+        delegated = delegate(sys.argv[1:])
+        if delegated is not None:
+            return delegated
     # As with `python -m`, the working directory is importable, so `type: mypkg.models:MyAdapter`
     # finds the user's own code (Ray workers get the driver's working directory too).
     if os.getcwd() not in sys.path:

@@ -78,6 +78,27 @@ def _join_loopback_head(address: str) -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+def preload() -> None:
+    """Import Ray as a command joining the desktop cluster would (RAY_AUTH_MODE=token first: Ray
+    reads it into its config at import), for the warm command server; starts nothing."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    import ray
+    import ray.dag  # noqa: F401 - ray.shutdown() imports it at every exit (~0.3 s)
+
+    assert not ray.is_initialized()
+
+
+def reread_config() -> None:
+    """A process forked from the warm server after its environment was replaced: Ray's config and
+    its cached token are read again from this environment, as a process importing Ray now would."""
+    if "ray" not in sys.modules:
+        return
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
 def check_address(address: str) -> None:
     """ClusterUnreachable (exit 2) unless something answers at a Ray address; before anything is cached or started."""
     _reachable(address)

@@ -89,6 +89,14 @@ def quiet_store_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def preload() -> None:
+    """Import MLflow and its sqlite store's code (~1.5 s) without opening any store: the warm
+    command server (`foldwise.workflows.cli.warm`) does it once, before it forks commands."""
+    import mlflow  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    from mlflow.tracking import MlflowClient  # noqa: F401
+
+
 class Tracker:
     """A thin, batched writer over MlflowClient for one experiment."""
 
