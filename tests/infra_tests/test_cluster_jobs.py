@@ -63,10 +63,11 @@ def cluster(ray_token, s3_server):
     try:
         up = subprocess.run([*foldwise_cmd(), "cluster", "up", "--dir", str(base / "c"), "--ray-port", str(ray_port),
                              "--dashboard-port", str(dash_port), "--mlflow-port", str(mlflow_port), "--cpus", "1", "--gpus", "2",
-                             "--temp-dir", str(base / "ray"), "--listen", outward_ip()], cwd=REPO, env=env, capture_output=True, text=True,
+                             "--temp-dir", str(base / "ray"), "--listen", outward_ip(), "--no-warm"], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=300)
         assert up.returncode == 0, up.stdout + up.stderr
         state = json.loads((base / "c" / "cluster.json").read_text())
+        assert [s["name"] for s in state["services"]] == ["mlflow", "ray"]  # --no-warm: no warm command server
         head_procs = [p for s in state["services"] for p in process_tree(s["pid"])]
         ports = [str(free_port()) for _ in range(6)]
         with open(base / "node2.log", "wb") as log:

@@ -135,6 +135,44 @@ def test_every_listening_socket_of_a_desktop_cluster_is_on_loopback(loopback_clu
         socket.create_connection((outward_ip(), gcs_port), timeout=3).close()
 
 
+def test_commands_from_the_clusters_folder_fork_from_its_warm_server_and_join_it(loopback_cluster):
+    """`cluster up` started the warm command server as a recorded service; a `foldwise run` from the
+    cluster's folder runs in it (said on stderr) and its forked child joins the desktop cluster's head
+    (token auth, loopback switch); `up` again keeps the same server."""
+    base, env, state, up_stdout = loopback_cluster
+    warm = [s for s in state["services"] if s["name"] == "warm"]
+    assert len(warm) == 1 and "warm server" in up_stdout
+    assert (base / "c").stat().st_mode & 0o777 == 0o700
+    (base / ".foldwise").mkdir(exist_ok=True)
+    if not (base / ".foldwise" / "cluster").exists():  # the cluster is in base/c; commands look in ./.foldwise/cluster
+        (base / ".foldwise" / "cluster").symlink_to(base / "c")
+    deadline = time.monotonic() + 240
+    while not (base / "c" / "warm.sock").exists():
+        assert time.monotonic() < deadline, (base / "c" / "warm-server.log").read_text()
+        time.sleep(0.5)
+    status = subprocess.run([*foldwise_cmd(), "cluster", "status", "--dir", str(base / "c")], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert f"warm   running  pid {warm[0]['pid']}" in status.stdout, status.stdout
+
+    done = subprocess.run([*foldwise_cmd(), "run", str(REPO / "workflows/examples/breast_cancer.yaml"), "--executor", "ray",
+                           "--set", "cv.folds=2", "--set", "models.1.params.n_estimators=20", "--no-progress",
+                           "--tracking-uri", f"sqlite:///{base / 'warm.db'}", "--out", str(base / "warm-run")],
+                          cwd=base, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "running in the desktop cluster's warm server" in done.stderr, done.stderr
+    assert "joining the desktop cluster" in done.stderr, done.stderr
+    summary = json.loads((base / "warm-run" / "summary.json").read_text())
+    assert summary["executor"] == "ray" and summary["models"]["lgbm"]["fold_scores"]
+
+    ports = ["--ray-port", str(state["ports"]["--port"]), "--dashboard-port", str(state["ports"]["--dashboard-port"]),
+             "--mlflow-port", state["mlflow_url"].rsplit(":", 1)[1]]
+    again = subprocess.run([*foldwise_cmd(), "cluster", "up", "--dir", str(base / "c"), *ports], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already up" in again.stderr, again.stderr
+    kept = [s for s in json.loads((base / "c" / "cluster.json").read_text())["services"] if s["name"] == "warm"]
+    assert kept == warm
+
+
 def test_cluster_down_stops_it(loopback_cluster):
     base, env, state, _ = loopback_cluster
     procs = [p for s in state["services"] for p in process_tree(s["pid"])]

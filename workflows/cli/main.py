@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("foldwise.workflows.cli.ablate", "what each feature group is worth: drop one group at a time, paired per-fold deltas"),
     "dag": ("foldwise.workflows.cli.dag", "the node graph of a spec (steps, data, folds, ensemble) with cache state and keys, and its picture"),
     "cache": ("foldwise.workflows.cli.cache", "list the result cache (ls) or remove old entries (prune [--older-than 7d])"),
-    "cluster": ("foldwise.workflows.cli.cluster", "a desktop cluster: `up` starts a Ray head + MLflow server, `down` stops them, `status`"),
+    "cluster": ("foldwise.workflows.cli.cluster", "a desktop cluster: `up` starts a Ray head + MLflow server + warm command server, `down` stops them, `status`"),
     "submit": ("foldwise.workflows.cli.submit", "run a spec on a Ray cluster as a Ray Job (project uploaded, logs streamed with --wait)"),
     "jobs": ("foldwise.workflows.cli.jobs", "list a Ray cluster's jobs"),
     "logs": ("foldwise.workflows.cli.logs", "a Ray job's log (--follow to stream it)"),
