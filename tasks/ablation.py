@@ -236,7 +236,7 @@ def permutation_importance_fold(data: PreparedData, plan: FoldPlan, result: Fold
     cost (frame building, the adapter's checks) paid once per block."""
     if result.fitted is None:
         return FoldImportance(model=result.model, fold=result.fold, drops=None)
-    start = time.perf_counter()
+    began = time.perf_counter()
     model = pickle.loads(result.fitted)
     steps = fitted_fold_steps(result.fold_steps)  # fitted on the fold's training rows: the model reads their output
     rows = plan.valid_rows(result.fold)
@@ -260,7 +260,7 @@ def permutation_importance_fold(data: PreparedData, plan: FoldPlan, result: Fold
             losses[name].append(result.score - score(metric, data.task, y, pred[i * n:(i + 1) * n]))
     return FoldImportance(model=result.model, fold=result.fold,
                           drops={name: tuple(float(v) for v in vs) for name, vs in losses.items()},
-                          seconds=time.perf_counter() - start)
+                          seconds=time.perf_counter() - began)
 
 
 @dataclass(frozen=True)

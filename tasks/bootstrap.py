@@ -10,11 +10,16 @@ per resample. Plain functions, no Ray, no MLflow.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from foldwise.tasks.folds import FoldPlan
 from foldwise.tasks.metrics import score
+
+if TYPE_CHECKING:
+    from foldwise.tasks.data import PreparedData
+    from foldwise.tasks.train import FoldResult
 
 _CHUNK_CELLS = 4_000_000  # bootstrap resamples are scored in blocks of at most this many cells
 
@@ -38,6 +43,19 @@ def fold_bootstrap(metric: str, task: str, y: np.ndarray, baseline: np.ndarray, 
         for name, pred in variants.items():
             out[name][start:start + len(counts)] = weighted_scores(metric, task, y, pred, counts) - base
     return out
+
+
+def fold_bootstrap_of_fits(data: PreparedData, plan: FoldPlan, split: int, metric: str, n_boot: int, seed: int,
+                           names: tuple[str, ...], baseline: FoldResult, *variants: FoldResult) -> dict[str, np.ndarray]:
+    """`fold_bootstrap` of one split (repeat x fold) read from its fold results, the baseline's and one per
+    name in `names`: as a task it takes their handles (top-level arguments), so it runs as soon as that
+    split's fits are done rather than after every fit. Same resamples, seeded (seed, split)."""
+    rows = plan.valid_rows(split)
+    for r in (baseline, *variants):
+        if r.fold != split or not np.array_equal(r.valid_rows, rows):
+            raise ValueError(f"fold_bootstrap_of_fits: {r.model} fold {r.fold} is not split {split} of this plan")
+    return fold_bootstrap(metric, data.task, data.y[rows], baseline.oof,
+                          {n: r.oof for n, r in zip(names, variants, strict=True)}, n_boot, (seed, split))
 
 
 def bootstrap_deltas(metric: str, task: str, y: np.ndarray, plan: FoldPlan, baseline: np.ndarray | Sequence[np.ndarray],

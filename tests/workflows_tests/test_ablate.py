@@ -118,6 +118,11 @@ def test_an_unchanged_rerun_fits_nothing_and_never_starts_ray(ws: Path, runs: di
     first = runs["ablate"].summary["variants"]
     assert [(v["dropped"], v["delta"], v["delta_ci"], v["verdict"]) for v in again["variants"]] == [
         (v["dropped"], v["delta"], v["delta_ci"], v["verdict"]) for v in first], "same seed, same intervals"
+    # each model's intervals: computed in this process here, by tasks started on the fits' handles before
+    models = [{m: (b["delta"], b["delta_ci"], b["verdict"]) for m, b in v["models"].items()} for v in again["variants"]]
+    assert models == [{m: (b["delta"], b["delta_ci"], b["verdict"]) for m, b in v["models"].items()} for v in first]
+    assert runs["ablate"].summary["dag"]["nodes_run"]["fold_bootstrap_of_fits"] == 2 * FOLDS
+    assert runs["ablate"].summary["dag"]["nodes_run"]["fold_bootstrap"] == FOLDS, "the ensemble's, after the blends"
 
 
 def test_strong_and_weak_help_noise_does_not(runs: dict) -> None:

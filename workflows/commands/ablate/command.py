@@ -84,6 +84,9 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     fit_models = [replace(m, name=node) for node, (v, m) in nodes.items()]
     drops = {node: v.columns for node, (v, _) in nodes.items() if v.columns}
     keys = node_keys(spec, inputs, fit_models, plan.version, drops)
+    # fits go in split by split (every variant of fold 0, then fold 1, ...): each split's bootstrap task can
+    # start as soon as its own fits are done, while later splits are still fitting (same keys, same results)
+    keys = replace(keys, folds=dict(sorted(keys.folds.items(), key=lambda item: item[0][1])))
     phases = {"validate": time.perf_counter() - wall_start}
     try:
         sub = submit_folds(ex, cache, spec, inputs, fit_models, keys, drops, frames=frames)  # runs while MLflow is set up below

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +18,7 @@ from foldwise.tasks.ablation import (
     paired_delta,
     permutation_importance_fold,
 )
-from foldwise.tasks.bootstrap import fold_bootstrap
+from foldwise.tasks.bootstrap import fold_bootstrap, fold_bootstrap_of_fits
 from foldwise.tasks.models import ModelConfig
 from foldwise.tasks.repeats import oof_by_repeat
 from foldwise.tasks.train import FoldResult
@@ -75,9 +75,12 @@ def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation
     # importance goes in with the fits: each task waits on its baseline fold's handle only, so it runs in
     # a slot the fits leave (between them, or in their last round) instead of after every fit
     pending = submit_importance(ex, cache, sub, base, keys, groups, inputs.metric, spec.cv.seed, repeats)
+    # so does each model's bootstrap of a split, on that split's fit handles (the executor is up anyway)
+    early = submit_fold_bootstraps(ex, sub, base, variants, inputs.metric, n_boot, spec.cv.seed) if ex.started else {}
     try:
         data, plan, folds, phases = collect_folds(ex, cache, sub, fit_models, keys, log_fold, progress, on_slots)
     except TaskFailed:
+        ex.cancel(list(early.values()))
         pending.abandon(ex, cache)
         raise
     tick = time.perf_counter()
@@ -93,8 +96,9 @@ def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation
     tick = time.perf_counter()
     try:
         stats = paired_statistics(ex, spec, inputs, data, plan, base, variants, folds, headline, n_boot,
-                                  sole=ens_names[0] if len(ens_names) == 1 else None)
+                                  sole=ens_names[0] if len(ens_names) == 1 else None, early=early)
     except TaskFailed:
+        ex.cancel(list(early.values()))
         pending.abandon(ex, cache)
         raise
     phases["statistics"] = time.perf_counter() - tick
@@ -110,14 +114,16 @@ def run_dag(ex: CountingExecutor, cache: Cache, sub: Any, run: RunPlan, ablation
 def paired_statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, data: Any, plan: Any,
                 base: list[ModelConfig], variants: list[Variant], folds: dict[str, list[FoldResult]],
                 headline: dict[str, tuple[list[np.ndarray], list[float]]], n_boot: int,
-                sole: str | None) -> dict[str, dict[str | None, PairedDelta]]:
+                sole: str | None, early: dict[tuple[str, int], Any] | None = None) -> dict[str, dict[str | None, PairedDelta]]:
     """paired_delta of every variant vs the baseline: its headline (key None) and each model.
 
     One fold_bootstrap per comparison set (the headline, each model) x fold: it draws that fold's
     resamples and scores the baseline once for every variant, so all variants are judged on the
     same resamples. Tasks in parallel when the executor is up anyway, else here; with a
-    one-model ensemble the headline is that model, computed once.
+    one-model ensemble the headline is that model, computed once. `early`: (model, split) ->
+    the handle of that split's bootstrap, submitted with the fits (`submit_fold_bootstraps`).
     """
+    early = early or {}
     y = data.y
     oof = {node: oof_by_repeat(rs, plan, len(y)) for node, rs in folds.items()}  # one array per repeat
     sets: dict[str | None, tuple[list[np.ndarray], dict[str, list[np.ndarray]]]] = {}
@@ -129,12 +135,14 @@ def paired_statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, 
     calls = {}
     for key, (b, vs) in sets.items():
         for k in range(plan.n_splits):  # every repeat x fold
+            if (key, k) in early:
+                continue
             rows, r = plan.valid_rows(k), k // plan.n_folds
             calls[(key, k)] = (inputs.metric, data.task, y[rows], b[r][rows], {n: v[r][rows] for n, v in vs.items()},
                                n_boot, (seed, k))
     if ex.started:
         handles = {ex.submit(fold_bootstrap, *args, name=f"fold_bootstrap[model={key or 'ensemble'}, fold={k}]"):
-                   (key, k) for (key, k), args in calls.items()}
+                   (key, k) for (key, k), args in calls.items()} | {h: ck for ck, h in early.items()}
         try:
             drawn = {handles[h]: r for h, r in ex.as_completed(list(handles))}
         except TaskFailed:
@@ -151,6 +159,32 @@ def paired_statistics(ex: CountingExecutor, spec: WorkflowSpec, inputs: Inputs, 
         for per_model in stats.values():
             per_model[None] = per_model[sole]
     return stats
+
+
+def shared_refs(ex: CountingExecutor, sub: Submitted) -> tuple[Any, Any]:
+    """Handles of the prepared data and the fold plan for the tasks after the fits (each stored once)."""
+    if sub.prepared is None:
+        sub.prepared = ex.put(sub.data)
+    if sub.plan_handle is None:
+        sub.plan_handle = ex.put(sub.plan)
+    return sub.prepared, sub.plan_handle
+
+
+def submit_fold_bootstraps(ex: CountingExecutor, sub: Submitted, base: list[ModelConfig], variants: list[Variant],
+                           metric: str, n_boot: int, seed: int) -> dict[tuple[str, int], Any]:
+    """(model, split) -> the handle of one fold_bootstrap_of_fits: each model's baseline and variants on that
+    split, taking the fits' handles (or cached results), so it runs once that split's fits are done."""
+    fitting = {mk: handle for handle, mk in sub.fits.items()}
+
+    def fold(name: str, k: int) -> Any:  # a cached result goes in by value: without the pickled model it never reads
+        return fitting[(name, k)] if (name, k) in fitting else replace(sub.cached[(name, k)], fitted=None, training=None)
+
+    data_ref, plan_ref = shared_refs(ex, sub)
+    names = tuple(v.name for v in variants[1:])
+    return {(m.name, k): ex.submit(fold_bootstrap_of_fits, data_ref, plan_ref, k, metric, n_boot, seed, names,
+                                   fold(m.name, k), *(fold(node_name(v, m), k) for v in variants[1:]),
+                                   name=f"fold_bootstrap[model={m.name}, fold={k}]")
+            for k in range(sub.plan.n_splits) for m in base}
 
 
 @dataclass
@@ -195,16 +229,13 @@ def submit_importance(ex: CountingExecutor, cache: Cache, sub: Submitted, base: 
 
     pending = PendingImportance(results=[], todo={})
     fitting = {mk: handle for handle, mk in sub.fits.items()}
-    data_ref = plan_ref = None
     for m in base:
         for k in range(sub.plan.n_splits):
             hit = cache.get("importance", key(m, k))
             if hit is not None:
                 pending.results.append(hit)
                 continue
-            if data_ref is None:
-                data_ref = sub.prepared if sub.prepared is not None else ex.put(sub.data)
-                plan_ref = sub.plan_handle if sub.plan_handle is not None else ex.put(sub.plan)
+            data_ref, plan_ref = shared_refs(ex, sub)
             # the baseline node is named as the model; a fold still being fitted goes in as its handle
             fold = fitting[(m.name, k)] if (m.name, k) in fitting else sub.cached[(m.name, k)]
             handle = ex.submit(permutation_importance_fold, data_ref, plan_ref, fold, groups, metric, seed, repeats,
