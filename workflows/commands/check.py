@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +38,7 @@ from foldwise.workflows.pipeline.preflight import preflight
 from foldwise.workflows.pipeline.spec import WorkflowSpec, load_spec
 
 if TYPE_CHECKING:
+    from foldwise.workflows.pipeline.failures import OpenRuns
     from foldwise.workflows.tracking.tracker import Tracker
 
 TOP_FEATURES = 10  # top_adversarial_features in summary.json
@@ -81,38 +82,59 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
     Raises SpecError/InputError before anything starts or is logged, RunFailed when a
     task fails (the MLflow run is then marked FAILED).
     """
-    from foldwise.workflows.engine.executor import LazyExecutor
-    from foldwise.workflows.pipeline.failures import marks_run_failed
-    from foldwise.workflows.pipeline.provenance import code_version, git_commit
-    from foldwise.workflows.tracking import tracker as tk
+    from foldwise.workflows.engine.executor import LazyExecutor, Work
+    from foldwise.workflows.engine.idle import on_idle_thread
+    from foldwise.workflows.pipeline.failures import closes_on_failure, marks_runs_failed
+    from foldwise.workflows.pipeline.runs import MLFLOW_SETUP_WAIT_S, set_up_when
 
     wall_start = time.perf_counter()
     if not isinstance(spec, WorkflowSpec):
         spec = load_spec(spec, overrides)
     reference = _resolve_reference(reference)
     inputs = validate_inputs(spec)
-    frames = _stepped(spec, inputs, reference)
-    findings = data_findings(spec, inputs, reference, frames)
-    if findings.errors:
-        raise InputError(findings.first_error_line())
     uri = usable_tracking_uri(tracking_uri, spec)
     preflight(spec, task=inputs.task, out=out, address=address, executor=executor, uses_cache=False)
     n_folds = folds or spec.cv.folds
     ex = LazyExecutor(executor, address)
-    handles = _submit(ex, spec, inputs, reference, n_folds, max_rows, frames)  # runs while MLflow is set up below
+    if reference or spec.data.test:  # folds to fit: Ray (unless the data is small) starts beside the data checks
+        other_rows = inputs.summary.test_rows if not reference and inputs.summary.test_rows else inputs.summary.n_rows
+        ex.expect_early(Work(rows=min(inputs.summary.n_rows + other_rows, max_rows),
+                             features=len(inputs.summary.columns), fits=n_folds))
+    with closes_on_failure(ex, spec):  # bad data found here stops a Ray started above
+        frames = _stepped(spec, inputs, reference)
+        findings = data_findings(spec, inputs, reference, frames)
+        if findings.errors:
+            raise InputError(findings.first_error_line())
+        timeline = {"checks_done": time.perf_counter() - wall_start}
+        handles = _submit(ex, spec, inputs, reference, n_folds, max_rows, frames)  # runs while MLflow is set up below
+    # MLflow (import, store, the run) on a thread, when it costs the folds least (as `foldwise run` does)
+    runs = on_idle_thread(lambda: _open_run(spec, uri, reference, n_folds, max_rows, inputs.task),
+                          name="foldwise-mlflow-setup", wait_at_most=MLFLOW_SETUP_WAIT_S)
+    with marks_runs_failed(runs, ex, spec):
+        adversarial, drift = _gather(ex, handles, set_up_when(runs))
+        tick = time.perf_counter()
+        opened = runs.result()
+        phases = {"tracking_setup": runs.seconds, "tracking_wait": time.perf_counter() - tick}
+        target = str(out) if out else storage.join(storage.outputs_root(), spec.name, opened.parent)
+        ctx = CheckContext(spec=spec, inputs=inputs, findings=findings, reference=reference, tracker=opened.tracker,
+                           run_id=opened.parent, target=target, wall_start=wall_start, startup_seconds=ex.startup_seconds,
+                           ray_start_seconds=ex.start_seconds, timeline=timeline | ex.timeline(wall_start), phases=phases)
+        return _finish(ctx, adversarial, drift)
+
+
+def _open_run(spec: WorkflowSpec, uri: str, reference: str | None, n_folds: int, max_rows: int, task: str) -> OpenRuns:
+    """The check's MLflow run, started with its params (runs a dead driver left RUNNING are failed first)."""
+    from foldwise.workflows.pipeline.failures import OpenRuns
+    from foldwise.workflows.pipeline.provenance import code_version, git_commit
+    from foldwise.workflows.tracking import tracker as tk
+
     tracker = tk.Tracker(uri, spec.experiment)
     tracker.fail_abandoned_runs()
     tags = {tk.TAG_COMMAND: "check", tk.TAG_GIT: git_commit(), tk.TAG_CODE: code_version()} | tk.process_tags()
     parent = tracker.start_run(f"check-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}", tags)
-    with marks_run_failed(tracker, parent, (), ex, spec):
-        tracker.log(parent, params={"data.train": spec.data.train, "data.test": spec.data.test,
-                                    "reference": reference, "folds": n_folds, "seed": spec.cv.seed,
-                                    "max_rows": max_rows, "task": inputs.task})
-        adversarial, drift = _gather(ex, handles)
-        target = str(out) if out else storage.join(storage.outputs_root(), spec.name, parent)
-        ctx = CheckContext(spec=spec, inputs=inputs, findings=findings, reference=reference, tracker=tracker,
-                           run_id=parent, target=target, wall_start=wall_start, startup_seconds=ex.startup_seconds)
-        return _finish(ctx, adversarial, drift)
+    tracker.log(parent, params={"data.train": spec.data.train, "data.test": spec.data.test, "reference": reference,
+                                "folds": n_folds, "seed": spec.cv.seed, "max_rows": max_rows, "task": task})
+    return OpenRuns(tracker, parent, {})
 
 
 def _resolve_reference(reference: str | Path | None) -> str | None:
@@ -139,7 +161,10 @@ class CheckContext:
     run_id: str  # the check's MLflow run
     target: str  # the output folder or URI (--out, else <outputs root>/<spec name>/<run id>)
     wall_start: float  # time.perf_counter() when the check started
-    startup_seconds: float  # Ray's start-up
+    startup_seconds: float  # Ray's start-up the check waited for
+    ray_start_seconds: float = 0.0  # Ray's whole start-up, also the part done beside the data checks
+    timeline: Mapping[str, float] = field(default_factory=dict)  # events, seconds after the start
+    phases: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -203,11 +228,22 @@ def _submit(ex: Any, spec: WorkflowSpec, inputs: Inputs, reference: str | None, 
     return _Handles(folds=folds, drift=drift)
 
 
-def _gather(ex: Any, handles: _Handles | None) -> tuple[AdversarialResult | None, tuple[FeatureDrift, ...]]:
+def _gather(ex: Any, handles: _Handles | None, on_slots: Callable[[float, float], None]
+            ) -> tuple[AdversarialResult | None, tuple[FeatureDrift, ...]]:
+    """The folds' and the drift's results; `on_slots(busy, capacity)` hears the CPUs the unfinished
+    tasks need (the MLflow set-up waits for a free one, `runs.set_up_when`)."""
+    capacity = ex.cpus()
     if handles is None:
+        on_slots(0.0, capacity)
         return None, ()
+    busy = float(len(handles.folds) + 1)
+    on_slots(busy, capacity)
     try:
-        folds = [result for _, result in ex.as_completed(handles.folds)]
+        folds = []
+        for _, result in ex.as_completed(handles.folds):
+            folds.append(result)
+            busy -= 1
+            on_slots(busy, capacity)
     except Exception:
         ex.cancel(handles.folds + [handles.drift])
         raise
@@ -260,6 +296,9 @@ def _finish(ctx: CheckContext, adversarial: AdversarialResult | None, drift: tup
         "target_drift": _drift_row(target) if target is not None else None,
         "wall_seconds": 0.0,
         "startup_seconds": ctx.startup_seconds,
+        "ray_start_seconds": ctx.ray_start_seconds,
+        "timeline": dict(ctx.timeline),
+        "phase_seconds": dict(ctx.phases),
         "outputs": {k: storage.relocate(v, out_dir, ctx.target) for k, v in outputs.items()},
     }
     if drift:

@@ -82,8 +82,10 @@ def run_predict(run: str, data: str, *, out: str | Path | None = None, model: st
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="foldwise-model") as pool:
             lookup = pool.submit(_resolve, run, tracking_uri)  # MLflow: imports, the store, the model's download
-            if executor == "ray":
-                ex.start()  # meanwhile Ray starts here (ray.init wants the main thread): both take seconds
+            # meanwhile Ray starts on a thread of its own (executor.expect_early) while this one checks the
+            # columns and reads and encodes the first chunk; with $FOLDWISE_EARLY_RAY=0 here, beside the lookup
+            if executor == "ray" and not ex.expect_early():
+                ex.start()
             src = lookup.result()
         p = src.predictor
         chunk_rows = chunk_rows or chunk_rows_for(len(p.columns), DEFAULT_CHUNK_BYTES)
@@ -271,7 +273,8 @@ def _finish(src: _Source, data: str, model: str, frame: pd.DataFrame, facts: dic
             "tasks": facts["chunks"] * facts["tasks_per_chunk"], "executor": ex.chosen,
             "unknown_levels": facts["unknown_levels"], "drift": [{"feature": f, "psi": v} for f, v in psi.items()],
             "warnings": warnings, "wall_seconds": time.perf_counter() - wall_start,
-            "startup_seconds": ex.startup_seconds, "predict_seconds": facts["predict_seconds"],
+            "startup_seconds": ex.startup_seconds, "ray_start_seconds": ex.start_seconds,
+            "timeline": ex.timeline(wall_start), "predict_seconds": facts["predict_seconds"],
             "outputs": {"predictions": storage.relocate(out_dir / "predictions.csv", out_dir, target)},
         }
         write_json(out_dir / "summary.json", summary)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from foldwise.workflows.engine.early import BackgroundStart, early_start_enabled
 from foldwise.workflows.engine.pending import PendingWatch, oversized, pending_warn_seconds
 from foldwise.workflows.errors import InputError, TaskFailed, TaskOutOfMemory
 
@@ -357,6 +358,7 @@ class LazyExecutor:
             raise ValueError(f"unknown executor {kind!r} (valid: auto, ray, local)")
         self.kind, self.address = kind, address
         self._inner: RayExecutor | LocalExecutor | None = None
+        self._early: BackgroundStart | None = None  # Ray starting on a thread (`expect_early`)
 
     def expect(self, work: Work) -> None:
         """The work the DAG is about to submit; settles `auto` before anything starts."""
@@ -366,22 +368,70 @@ class LazyExecutor:
                 print(f"foldwise: small work ({work.rows} rows x {work.features} features, {work.fits} fits): "
                       "running in this process, no Ray start-up (--executor ray to use Ray)", file=sys.stderr)
 
+    def expect_early(self, work: Work | None = None) -> bool:
+        """The work as estimated before the data is read and checked (rows and columns from the cheap
+        read, folds not in the cache): when it will need Ray (`ray`, or `auto` and not small), Ray
+        starts now on a thread while the driver goes on, and `auto` is settled on Ray. Call it only
+        once everything that refuses bad input cheaply has passed; close() stops what it started.
+        `work` None: no estimate, the tasks are certain (`auto` starts Ray too).
+        True when a start began here (not with $FOLDWISE_EARLY_RAY=0: Ray then starts at the first task)."""
+        if self._inner is not None or self._early is not None or self.kind == "local" or not early_start_enabled():
+            return False
+        if self.kind == "auto" and work is not None and small_work(work, self.address):
+            return False
+        self.kind = "ray"
+        address = self.address
+        self._early = BackgroundStart(lambda: make_executor("ray", address))
+        return True
+
+    def settle(self) -> None:
+        """Take over an early start that has finished (on the main thread: puts the command's SIGTERM
+        handler back over Ray's); does not wait. A failed start is raised by the first task instead."""
+        if self._inner is None and self._early is not None and self._early.done():
+            try:
+                self._start()
+            except Exception:  # noqa: BLE001 - raised again, where a task needs the executor
+                pass
+
     @property
     def chosen(self) -> str:
         """The executor that ran tasks ('none' when everything came from the cache)."""
-        return self._inner.name if self._inner is not None else "none"
+        return self._inner.name if self._inner is not None else "ray" if self._early is not None else "none"
 
     @property
     def started(self) -> bool:
-        return self._inner is not None
+        return self._inner is not None or self._early is not None
 
     @property
     def startup_seconds(self) -> float:
+        """Seconds the command waited for its executor to start: the whole start-up when it started at
+        the first task, only the part the driver's own work did not cover when it started early."""
+        if self._early is not None:
+            return self._early.waited
         return self._inner.startup_seconds if self._inner is not None else 0.0
+
+    @property
+    def start_seconds(self) -> float:
+        """Seconds the executor's start-up took, wherever it ran (on the critical path or beside it)."""
+        if self._early is not None and self._early.ready is not None:
+            return self._early.ready - self._early.asked
+        return self._inner.startup_seconds if self._inner is not None else 0.0
+
+    def timeline(self, origin: float) -> dict[str, float]:
+        """When an early start was asked for and was up, in seconds after `origin` (a perf_counter value)."""
+        if self._early is None:
+            return {}
+        out = {"ray_asked": self._early.asked - origin}
+        if self._early.ready is not None:
+            out["ray_ready"] = self._early.ready - origin
+        return out
 
     def _start(self) -> RayExecutor | LocalExecutor:
         if self._inner is None:
-            self._inner = make_executor("ray" if self.kind == "auto" else self.kind, self.address)
+            if self._early is not None:
+                self._inner = self._early.adopt()
+            else:
+                self._inner = make_executor("ray" if self.kind == "auto" else self.kind, self.address)
         return self._inner
 
     def start(self) -> None:
@@ -406,6 +456,7 @@ class LazyExecutor:
 
     def run(self, fn: Callable, *args: Any, name: str | None = None) -> Any:
         """fn(*args) as a task when the executor is up anyway, else right here (cheap nodes)."""
+        self.settle()
         if self._inner is None:
             try:
                 return fn(*args)
@@ -421,8 +472,16 @@ class LazyExecutor:
             self._inner.cancel(handles)
 
     def close(self) -> None:
+        """Stop what this started; an early start still under way is waited for, then stopped."""
+        if self._inner is None and self._early is not None:
+            try:
+                self._inner = self._early.adopt()
+            except Exception:  # noqa: BLE001 - the start failed: nothing to stop
+                return
         if self._inner is not None:
             self._inner.close()
+        if self._early is not None:
+            self._early.release()
 
 
 def make_executor(kind: str = "ray", address: str | None = None) -> RayExecutor | LocalExecutor:

@@ -35,7 +35,15 @@ from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.executor import LazyExecutor
 from foldwise.workflows.engine.idle import on_idle_thread
 from foldwise.workflows.errors import RunFailed, TaskFailed
-from foldwise.workflows.pipeline.dag import DagOutput, checked_data, checks_key, gather, node_keys, submit_folds
+from foldwise.workflows.pipeline.dag import (
+    DagOutput,
+    checked_data,
+    checks_key,
+    early_work,
+    gather,
+    node_keys,
+    submit_folds,
+)
 from foldwise.workflows.pipeline.dag_nodes import dag_nodes
 from foldwise.workflows.pipeline.failures import OpenRuns, closes_on_failure, describe_failure, marks_runs_failed
 from foldwise.workflows.pipeline.inputs import shown_warnings
@@ -89,12 +97,16 @@ def cross_validate(plan: RunPlan, *, out: str | Path | None = None, address: str
     cache = Cache(cache_root, enabled=not no_cache)
     nodes = dag_nodes(spec, inputs, models, keys, cache, checks)  # the graph as it stands before this run, drawn with the outputs
     ex = LazyExecutor(executor, address)
+    work = early_work(cache, inputs, fit_models, keys)
+    if work is not None:  # folds to fit and not small: Ray starts now, beside the steps and the data checks
+        ex.expect_early(work)
     tick = time.perf_counter()
     with closes_on_failure(ex, spec):  # the frame steps first (when a node that reads their frames must run): the checks see them
         frames, step_facts = stepped_frames(ex, cache, spec, inputs, keys.steps, needed=not cache.has("data", keys.data)
                                             or (checks and not cache.has("checks", checks_key(spec, keys))))
-    steps_seconds = time.perf_counter() - tick
-    warnings, frames = checked_data(cache, spec, inputs, keys, frames) if checks else ([], frames)
+        steps_seconds = time.perf_counter() - tick
+        warnings, frames = checked_data(cache, spec, inputs, keys, frames) if checks else ([], frames)
+    timeline = {"checks_done": time.perf_counter() - wall_start}
     warnings = shown_warnings(warnings, spec, inputs.scheme)
     for line in warnings:
         print(f"foldwise: warning: {line}", file=sys.stderr)
@@ -119,7 +131,8 @@ def cross_validate(plan: RunPlan, *, out: str | Path | None = None, address: str
         phases |= {"tracking_setup": runs.seconds, "tracking_wait": time.perf_counter() - tick}
         ctx = RunContext(plan=plan, runs=opened, out=out, wall_start=wall_start, startup_seconds=ex.startup_seconds,
                          phases=phases | result.phases | cache.io_seconds(), warnings=tuple(warnings),
-                         executor=ex.chosen)
+                         executor=ex.chosen, ray_start_seconds=ex.start_seconds,
+                         timeline=timeline | ex.timeline(wall_start))
         return _finish(ctx, result, register, step_facts, nodes)
 
 
@@ -213,6 +226,8 @@ def _finish(ctx: RunContext, dag: DagOutput, register: str | None = None, step_f
         "warnings": warnings,
         "wall_seconds": time.perf_counter() - ctx.wall_start,
         "startup_seconds": ctx.startup_seconds,
+        "ray_start_seconds": ctx.ray_start_seconds,
+        "timeline": dict(ctx.timeline),
         "executor": ctx.executor,
         "phase_seconds": dict(ctx.phases) | {"outputs_and_tracking": time.perf_counter() - tick},
         "outputs": {k: storage.relocate(v, out_dir, target) for k, v in outputs.items()},

@@ -66,6 +66,20 @@ def checked_data(cache: Cache, spec: WorkflowSpec, inputs: Inputs, keys: NodeKey
     return found, (findings.train, findings.other.frame if findings.other is not None else None)
 
 
+def early_work(cache: Cache, inputs: Inputs, models: list[ModelConfig], keys: NodeKeys) -> Work | None:
+    """The fold work as known before the data is read in full (rows and feature columns from
+    validation's cheap read, folds and test predictions not in the cache), for
+    `LazyExecutor.expect_early`; None when every fold node is cached (nothing may need Ray)."""
+    fits = [mk for mk, key in keys.folds.items() if not cache.has("fold", key)]
+    tests = [mk for mk, key in keys.tests.items() if not cache.has("test", key)]
+    if not fits and not tests:
+        return None
+    by_gpu = {m.name: m.gpus > 0 for m in models}
+    summary = inputs.summary
+    return Work(rows=summary.n_rows, features=len(summary.columns), fits=len(fits),
+                gpus=any(by_gpu[name] for name, _ in fits + tests))
+
+
 def fold_plan(spec: WorkflowSpec, inputs: Inputs) -> FoldPlan:
     """The fold plan, on the driver: it needs only the target and groups, which validation already
     read, so no task waits on a plan task (and its sklearn import) before the first fold."""

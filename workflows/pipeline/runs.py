@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -105,10 +105,12 @@ class RunContext:
     runs: OpenRuns
     out: str | Path | None  # --out, else outputs_root()/<spec name>/<parent run id>
     wall_start: float  # time.perf_counter() at the command's start
-    startup_seconds: float  # Ray's start-up, 0 when nothing ran
+    startup_seconds: float  # Ray's start-up the command waited for, 0 when nothing ran
     phases: Mapping[str, float]
     warnings: tuple[str, ...] = ()
     executor: str = "ray"  # where the tasks ran: ray | local | none (all from the cache)
+    ray_start_seconds: float = 0.0  # Ray's whole start-up, also the part done beside the driver's work
+    timeline: Mapping[str, float] = field(default_factory=dict)  # events, seconds after the start: ray_asked, ...
 
     @property
     def spec(self) -> WorkflowSpec:

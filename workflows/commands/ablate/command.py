@@ -26,7 +26,7 @@ from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.executor import LazyExecutor
 from foldwise.workflows.engine.idle import on_idle_thread
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
-from foldwise.workflows.pipeline.dag import node_keys, submit_folds
+from foldwise.workflows.pipeline.dag import early_work, node_keys, submit_folds
 from foldwise.workflows.pipeline.failures import OpenRuns, closes_on_failure, describe_failure, marks_runs_failed
 from foldwise.workflows.pipeline.plan import RunPlan, plan_run
 from foldwise.workflows.pipeline.preflight import preflight
@@ -71,6 +71,9 @@ def run_ablation(spec: WorkflowSpec | str | Path, *, groups: Sequence[str] | Non
     ex = CountingExecutor(LazyExecutor(executor, address))
     cache = Cache(cache_root, enabled=not no_cache)
     base_keys = node_keys(spec, inputs, base, plan.version)
+    work = early_work(cache, inputs, base, base_keys)  # the baseline's folds: a lower bound of the variants'
+    if work is not None:  # Ray (unless the work is small) starts now, beside the steps and the variants' planning
+        ex.expect_early(work)
     with closes_on_failure(ex, spec):  # the frame steps first: a step variant drops the columns they made
         frames, step_facts = stepped_frames(ex, cache, spec, inputs, base_keys.steps,
                                             needed=not cache.has("data", base_keys.data))
