@@ -13,9 +13,13 @@
 
 Each figure is the whole process (interpreter, imports, Ray start-up if any, teardown), median of
 `--repeats` alternating rounds; beside it, foldwise's in-command wall (`summary.json`
-`wall_seconds`, which excludes the interpreter and imports) and Ray's start-up.
+`wall_seconds`, which excludes the interpreter and imports), the Ray start-up the command waited
+for (`startup_seconds`) and Ray's whole start-up (`ray_start_seconds`: foldwise starts Ray on a
+thread while it reads and checks the data, so part of it is hidden). The `--executor ray` first
+command and the check also run with `FOLDWISE_EARLY_RAY=0` (Ray started at the first task, as
+before): the early start's gain, in the same run.
 
-Usage: python benchmarks/latency.py [--repeats 3] [--out benchmarks/out]
+Usage: python benchmarks/latency.py [--repeats 3] [--out benchmarks/out] [--check-rows 50000]
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    ap.add_argument("--check-rows", type=int, default=50_000, help="train rows of the check (test: a fifth as many)")
     args = ap.parse_args()
     out = (args.out / "latency").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -103,11 +108,12 @@ def main() -> None:
     import pandas as pd
     from sklearn.datasets import make_classification
 
-    X, y = make_classification(n_samples=60_000, n_features=40, n_informative=20, random_state=0)
-    X[50_000:, :3] += 0.3  # the test rows drift a little on three columns
+    n = args.check_rows
+    X, y = make_classification(n_samples=n + n // 5, n_features=40, n_informative=20, random_state=0)
+    X[n:, :3] += 0.3  # the test rows drift a little on three columns
     cols = [f"f{i:02d}" for i in range(40)]
-    pd.DataFrame(X[:50_000], columns=cols).assign(target=y[:50_000]).to_csv(out / "train.csv", index=False)
-    pd.DataFrame(X[50_000:], columns=cols).to_csv(out / "test.csv", index=False)
+    pd.DataFrame(X[:n], columns=cols).assign(target=y[:n]).to_csv(out / "train.csv", index=False)
+    pd.DataFrame(X[n:], columns=cols).to_csv(out / "test.csv", index=False)
     (out / "check.yaml").write_text(
         "name: bench-check\ndata: {train: train.csv, test: test.csv, target: target}\n"
         "cv: {folds: 5, seed: 42}\nmodels: [{name: lr, type: sklearn, estimator: sklearn.linear_model.LogisticRegression}]\n")
@@ -115,12 +121,14 @@ def main() -> None:
     rows: dict[str, list[float]] = {}
     inner: dict[str, list[float]] = {}
     startup: dict[str, list[float]] = {}
+    ray_start: dict[str, list[float]] = {}
 
     def add(name: str, wall: float, summary: dict | None = None) -> None:
         rows.setdefault(name, []).append(wall)
         if summary is not None:
             inner.setdefault(name, []).append(summary["wall_seconds"])
             startup.setdefault(name, []).append(summary.get("startup_seconds", 0.0))
+            ray_start.setdefault(name, []).append(summary.get("ray_start_seconds", summary.get("startup_seconds", 0.0)))
 
     desk = out / "desk"  # a project folder with a desktop cluster up: commands from it join its head
     desk.mkdir(exist_ok=True)
@@ -135,7 +143,7 @@ def main() -> None:
         rounds(args, out, desk, exe, env, spec, add)
     finally:
         subprocess.run([exe, "cluster", "down"], cwd=desk, env=env, capture_output=True, text=True, timeout=300)
-    report(args, rows, inner, startup)
+    report(args, rows, inner, startup, ray_start)
 
 
 def free_port() -> int:
@@ -158,6 +166,13 @@ def rounds(args, out: Path, desk: Path, exe: str, env: dict[str, str], spec: str
             add(f"foldwise run, executor {executor}: first command", wall, summary_of(proc, run_dir))
             wall, proc = timed(base + ["--out", str(run_dir / "second"), "--no-cache"], run_dir, env)
             add(f"foldwise run, executor {executor}: second command", wall, summary_of(proc, run_dir))
+        run_dir = out / f"run-lazy-{r}"  # the same first command, Ray started at the first task (before issue 22)
+        run_dir.mkdir(exist_ok=True)
+        wall, proc = timed([exe, "run", spec, "--no-progress", "--executor", "ray", "--tracking-uri",
+                            f"sqlite:///{run_dir / 'mlflow.db'}", "--cache", str(run_dir / "cache"), "--out",
+                            str(run_dir / "first")], run_dir, env | {"FOLDWISE_EARLY_RAY": "0"})
+        add("foldwise run, executor ray: first command, Ray at the first task (FOLDWISE_EARLY_RAY=0)", wall,
+            summary_of(proc, run_dir))
         run_dir = desk / f"run-{r}"
         run_dir.mkdir(exist_ok=True)
         wall, proc = timed([exe, "run", spec, "--no-progress", "--executor", "ray", "--tracking-uri",
@@ -170,24 +185,31 @@ def rounds(args, out: Path, desk: Path, exe: str, env: dict[str, str], spec: str
         wall, proc = timed([exe, "check", "check.yaml", "--no-progress", "--out", str(check_dir),
                             "--tracking-uri", f"sqlite:///{out / 'check.db'}"], out, env)
         add("foldwise check", wall, json.loads((check_dir / "summary.json").read_text()))
+        check_dir = out / f"check-lazy-{r}"
+        wall, proc = timed([exe, "check", "check.yaml", "--no-progress", "--out", str(check_dir),
+                            "--tracking-uri", f"sqlite:///{out / 'check-lazy.db'}"], out, env | {"FOLDWISE_EARLY_RAY": "0"})
+        add("foldwise check, Ray at the first task (FOLDWISE_EARLY_RAY=0)", wall,
+            json.loads((check_dir / "summary.json").read_text()))
         check_dir = desk / f"check-{r}"
         wall, proc = timed([exe, "check", "check.yaml", "--no-progress", "--out", str(check_dir),
                             "--tracking-uri", f"sqlite:///{desk / 'check.db'}"], desk, env)
         add("foldwise check, warm desktop cluster (joined)", wall, json.loads((check_dir / "summary.json").read_text()))
 
 
-def report(args, rows: dict[str, list[float]], inner: dict[str, list[float]], startup: dict[str, list[float]]) -> None:
+def report(args, rows: dict[str, list[float]], inner: dict[str, list[float]], startup: dict[str, list[float]],
+           ray_start: dict[str, list[float]]) -> None:
     med = {k: statistics.median(v) for k, v in rows.items()}
     print(f"\n### Interactive latency ({time.strftime('%Y-%m-%d')}, {platform.machine()}, {os.cpu_count()} cores, "
           f"median of {args.repeats} rounds, whole processes)\n")
-    print("| command | whole process s | vs plain | in-command s | Ray start-up s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| command | whole process s | vs plain | in-command s | Ray start-up waited s | Ray start-up whole s |")
+    print("|---|---:|---:|---:|---:|---:|")
     for name, wall in med.items():
         ref = med["plain adversarial script (joblib n_jobs=2)"] if "check" in name or "adversarial" in name \
             else med["plain script (cross_val_predict n_jobs=2)"]
         ins = f"{statistics.median(inner[name]):.2f}" if name in inner else ""
         st = f"{statistics.median(startup[name]):.2f}" if name in startup else ""
-        print(f"| {name} | {wall:.2f} | {wall / ref:.2f}x | {ins} | {st} |")
+        whole = f"{statistics.median(ray_start[name]):.2f}" if name in ray_start else ""
+        print(f"| {name} | {wall:.2f} | {wall / ref:.2f}x | {ins} | {st} | {whole} |")
     print("\nrounds (s): " + "; ".join(f"{k}: {', '.join(f'{x:.1f}' for x in v)}" for k, v in rows.items()))
 
 

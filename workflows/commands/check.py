@@ -112,6 +112,7 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
                           name="foldwise-mlflow-setup", wait_at_most=MLFLOW_SETUP_WAIT_S)
     with marks_runs_failed(runs, ex, spec):
         adversarial, drift = _gather(ex, handles, set_up_when(runs))
+        ex.close_beside()  # every task is done: Ray shuts down beside the report, plot and logging (joined on exit)
         tick = time.perf_counter()
         opened = runs.result()
         phases = {"tracking_setup": runs.seconds, "tracking_wait": time.perf_counter() - tick}

@@ -107,9 +107,22 @@ def run_predict(run: str, data: str, *, out: str | Path | None = None, model: st
         names = list(p.blend.names) if model == ENSEMBLE else [model]
         base, ids, facts = _predict_chunks(ex, p, names, data, chunks, n_chunks, id_col, chunk_rows, progress)
     except TaskFailed as e:
-        raise RunFailed(f"{e}", None) from None
-    finally:
         ex.close()
+        raise RunFailed(f"{e}", None) from None
+    except BaseException:
+        ex.close()
+        raise
+    ex.close_beside()  # every task is done: Ray shuts down while predictions.csv and the MLflow run are written
+    try:
+        return _output(src, p, model, data, base, ids, id_col, facts, notes, out, wall_start, started, ex)
+    finally:
+        ex.close()  # waits for the shutdown: no Ray process outlives the command
+
+
+def _output(src: _Source, p: Predictor, model: str, data: str, base: dict[str, np.ndarray], ids: np.ndarray,
+            id_col: str | None, facts: dict[str, Any], notes: list[str], out: str | Path | None, wall_start: float,
+            started: float, ex: LazyExecutor) -> PredictResult:
+    """The blended predictions as a Kaggle-shaped table, the warnings, and `_finish`'s files and run."""
     if model != ENSEMBLE:
         pred = base[model]
     elif "" in base:  # a passthrough stack, blended chunk by chunk while each chunk's features were at hand

@@ -359,6 +359,7 @@ class LazyExecutor:
         self.kind, self.address = kind, address
         self._inner: RayExecutor | LocalExecutor | None = None
         self._early: BackgroundStart | None = None  # Ray starting on a thread (`expect_early`)
+        self._closing: threading.Thread | None = None  # Ray shutting down beside the last steps (`close_beside`)
 
     def expect(self, work: Work) -> None:
         """The work the DAG is about to submit; settles `auto` before anything starts."""
@@ -471,8 +472,25 @@ class LazyExecutor:
         if self._inner is not None:
             self._inner.cancel(handles)
 
+    def close_beside(self) -> None:
+        """Start `close()` on a thread, for a command whose tasks are all done: Ray's shutdown (~1.4 s:
+        each of its processes is given a second to exit, one after the other) then runs beside the
+        outputs and the MLflow logging, which need nothing from the cluster (values the tasks
+        returned stay readable after it). `close()` waits for it, so no Ray process outlives the
+        command; the thread is not a daemon, so the interpreter waits for it too."""
+        if self._closing is None and self.started:
+            self._closing = threading.Thread(target=self._close_now, name="foldwise-ray-stop")
+            self._closing.start()
+
     def close(self) -> None:
-        """Stop what this started; an early start still under way is waited for, then stopped."""
+        """Stop what this started (waiting for a `close_beside` under way); an early start still under
+        way is waited for, then stopped."""
+        if self._closing is not None:
+            self._closing.join()
+            return
+        self._close_now()
+
+    def _close_now(self) -> None:
         if self._inner is None and self._early is not None:
             try:
                 self._inner = self._early.adopt()

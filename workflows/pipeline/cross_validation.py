@@ -125,6 +125,7 @@ def cross_validate(plan: RunPlan, *, out: str | Path | None = None, address: str
     with marks_runs_failed(runs, ex, spec):
         log = FoldLog(runs, _log_fold)
         result = gather(ex, cache, dag, spec, inputs, fit_models, keys, log, progress, set_up_when(runs))
+        ex.close_beside()  # every task is done: Ray shuts down beside the outputs and the logging (joined on exit)
         tick = time.perf_counter()
         opened = runs.result()
         log.flush()
