@@ -59,8 +59,14 @@ class BackgroundStart:
 
         threading.Thread(target=body, name="foldwise-ray-start", daemon=True).start()
 
-    def done(self) -> bool:
-        return self._future.done()
+    @property
+    def seconds(self) -> float:
+        """The start's wall time, from asking (0 while it runs)."""
+        return self.ready - self.asked if self.ready is not None else 0.0
+
+    def timeline(self, origin: float) -> dict[str, float]:
+        """When the start was asked for and was up, in seconds after `origin` (a perf_counter value)."""
+        return {"ray_asked": self.asked - origin} | ({"ray_ready": self.ready - origin} if self.ready is not None else {})
 
     def release(self) -> None:
         """Let the starting thread end: only once the cluster it started is shut down."""

@@ -370,29 +370,17 @@ class LazyExecutor:
                       "running in this process, no Ray start-up (--executor ray to use Ray)", file=sys.stderr)
 
     def expect_early(self, work: Work | None = None) -> bool:
-        """The work as estimated before the data is read and checked (rows and columns from the cheap
-        read, folds not in the cache): when it will need Ray (`ray`, or `auto` and not small), Ray
-        starts now on a thread while the driver goes on, and `auto` is settled on Ray. Call it only
-        once everything that refuses bad input cheaply has passed; close() stops what it started.
-        `work` None: no estimate, the tasks are certain (`auto` starts Ray too).
-        True when a start began here (not with $FOLDWISE_EARLY_RAY=0: Ray then starts at the first task)."""
+        """The work as estimated before the data is read and checked (None: tasks are certain): when it
+        needs Ray (`ray`, or `auto` and not small), Ray starts now on a thread while the driver goes on
+        (`foldwise.workflows.engine.early`) and `auto` settles on Ray. Only once every cheap refusal of
+        bad input has passed; close() stops it. True when a start began ($FOLDWISE_EARLY_RAY=0: never)."""
         if self._inner is not None or self._early is not None or self.kind == "local" or not early_start_enabled():
             return False
         if self.kind == "auto" and work is not None and small_work(work, self.address):
             return False
-        self.kind = "ray"
-        address = self.address
+        self.kind, address = "ray", self.address
         self._early = BackgroundStart(lambda: make_executor("ray", address))
         return True
-
-    def settle(self) -> None:
-        """Take over an early start that has finished (on the main thread: puts the command's SIGTERM
-        handler back over Ray's); does not wait. A failed start is raised by the first task instead."""
-        if self._inner is None and self._early is not None and self._early.done():
-            try:
-                self._start()
-            except Exception:  # noqa: BLE001 - raised again, where a task needs the executor
-                pass
 
     @property
     def chosen(self) -> str:
@@ -405,8 +393,7 @@ class LazyExecutor:
 
     @property
     def startup_seconds(self) -> float:
-        """Seconds the command waited for its executor to start: the whole start-up when it started at
-        the first task, only the part the driver's own work did not cover when it started early."""
+        """Seconds the command waited for its executor to start (of an early start: what its work did not cover)."""
         if self._early is not None:
             return self._early.waited
         return self._inner.startup_seconds if self._inner is not None else 0.0
@@ -414,18 +401,13 @@ class LazyExecutor:
     @property
     def start_seconds(self) -> float:
         """Seconds the executor's start-up took, wherever it ran (on the critical path or beside it)."""
-        if self._early is not None and self._early.ready is not None:
-            return self._early.ready - self._early.asked
+        if self._early is not None:
+            return self._early.seconds
         return self._inner.startup_seconds if self._inner is not None else 0.0
 
     def timeline(self, origin: float) -> dict[str, float]:
         """When an early start was asked for and was up, in seconds after `origin` (a perf_counter value)."""
-        if self._early is None:
-            return {}
-        out = {"ray_asked": self._early.asked - origin}
-        if self._early.ready is not None:
-            out["ray_ready"] = self._early.ready - origin
-        return out
+        return self._early.timeline(origin) if self._early is not None else {}
 
     def _start(self) -> RayExecutor | LocalExecutor:
         if self._inner is None:
@@ -457,7 +439,6 @@ class LazyExecutor:
 
     def run(self, fn: Callable, *args: Any, name: str | None = None) -> Any:
         """fn(*args) as a task when the executor is up anyway, else right here (cheap nodes)."""
-        self.settle()
         if self._inner is None:
             try:
                 return fn(*args)
@@ -473,18 +454,15 @@ class LazyExecutor:
             self._inner.cancel(handles)
 
     def close_beside(self) -> None:
-        """Start `close()` on a thread, for a command whose tasks are all done: Ray's shutdown (~1.4 s:
-        each of its processes is given a second to exit, one after the other) then runs beside the
-        outputs and the MLflow logging, which need nothing from the cluster (values the tasks
-        returned stay readable after it). `close()` waits for it, so no Ray process outlives the
-        command; the thread is not a daemon, so the interpreter waits for it too."""
+        """`close()` on a thread once every task is done: Ray's shutdown (~1.4 s, its processes stopped one
+        by one) runs beside the outputs and logging (task values stay readable after it). `close()`
+        joins it, and the interpreter too (not a daemon): no Ray process outlives the command."""
         if self._closing is None and self.started:
             self._closing = threading.Thread(target=self._close_now, name="foldwise-ray-stop")
             self._closing.start()
 
     def close(self) -> None:
-        """Stop what this started (waiting for a `close_beside` under way); an early start still under
-        way is waited for, then stopped."""
+        """Stop what this started (joining `close_beside`); an early start under way is waited for, then stopped."""
         if self._closing is not None:
             self._closing.join()
             return
