@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from foldwise.workflows.commands.run import run_cv
 from foldwise.workflows.engine.cache import Cache
-from foldwise.workflows.engine.executor import SMALL_WORK_CELLS, Work, small_work
+from foldwise.workflows.engine.lazy import SMALL_WORK_CELLS, Work, small_work
 
 
 def test_the_small_work_rule(monkeypatch) -> None:

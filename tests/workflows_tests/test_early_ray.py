@@ -22,7 +22,7 @@ from foldwise.workflows.commands.check import run_check
 from foldwise.workflows.commands.run import run_cv
 from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.early import EARLY_ENV
-from foldwise.workflows.engine.executor import LazyExecutor, Work
+from foldwise.workflows.engine.lazy import LazyExecutor, Work
 from tests.workflows_tests.test_auto_executor import _records
 
 BIG = Work(rows=100_000, features=40, fits=10)  # past the small-work rule: `auto` would use Ray

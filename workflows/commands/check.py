@@ -82,8 +82,8 @@ def run_check(spec: WorkflowSpec | str | Path, *, reference: str | Path | None =
     Raises SpecError/InputError before anything starts or is logged, RunFailed when a
     task fails (the MLflow run is then marked FAILED).
     """
-    from foldwise.workflows.engine.executor import LazyExecutor, Work
     from foldwise.workflows.engine.idle import on_idle_thread
+    from foldwise.workflows.engine.lazy import LazyExecutor, Work
     from foldwise.workflows.pipeline.failures import closes_on_failure, marks_runs_failed
     from foldwise.workflows.pipeline.runs import MLFLOW_SETUP_WAIT_S, set_up_when
 
@@ -198,7 +198,8 @@ def _submit(ex: Any, spec: WorkflowSpec, inputs: Inputs, reference: str | None, 
     and the question is whether the *features* differ.
     """
     from foldwise.tasks.data import prepare_data
-    from foldwise.workflows.engine.executor import Slot, Work
+    from foldwise.workflows.engine.executor import Slot
+    from foldwise.workflows.engine.lazy import Work
 
     other = reference or spec.data.test
     if other is None:

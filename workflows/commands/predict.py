@@ -40,7 +40,8 @@ from foldwise.tasks.predictor import (
     predict_fold,
 )
 from foldwise.tasks.report import write_json
-from foldwise.workflows.engine.executor import LazyExecutor, Slot
+from foldwise.workflows.engine.executor import Slot
+from foldwise.workflows.engine.lazy import LazyExecutor
 from foldwise.workflows.engine.progress import FoldProgress
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
 from foldwise.workflows.tracking import tracker as tk

@@ -32,8 +32,8 @@ from foldwise.tasks.report import (
 from foldwise.tasks.seeds import expand_seeds
 from foldwise.tasks.train import FoldResult
 from foldwise.workflows.engine.cache import Cache
-from foldwise.workflows.engine.executor import LazyExecutor
 from foldwise.workflows.engine.idle import on_idle_thread
+from foldwise.workflows.engine.lazy import LazyExecutor
 from foldwise.workflows.errors import RunFailed, TaskFailed
 from foldwise.workflows.pipeline.dag import (
     DagOutput,

@@ -27,7 +27,8 @@ from foldwise.tasks.seeds import average_seeds, base_name, is_seed_node
 from foldwise.tasks.test_prediction import TestPrediction, predict_test
 from foldwise.tasks.train import FoldResult, train_fold
 from foldwise.workflows.engine.cache import Cache, key_of, source_stamp
-from foldwise.workflows.engine.executor import LazyExecutor, Slot, Work
+from foldwise.workflows.engine.executor import Slot
+from foldwise.workflows.engine.lazy import LazyExecutor, Work
 from foldwise.workflows.engine.progress import FoldProgress
 from foldwise.workflows.errors import InputError, TaskFailed
 from foldwise.workflows.pipeline.inputs import Inputs, data_warnings

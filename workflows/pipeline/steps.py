@@ -33,7 +33,8 @@ from foldwise.tasks.steps import (
     with_target,
 )
 from foldwise.workflows.engine.cache import Cache, key_of, source_stamp
-from foldwise.workflows.engine.executor import LazyExecutor, Slot, Work
+from foldwise.workflows.engine.executor import Slot
+from foldwise.workflows.engine.lazy import LazyExecutor, Work
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
 from foldwise.workflows.pipeline.inputs import Inputs
 from foldwise.workflows.pipeline.provenance import tasks_version

@@ -23,8 +23,8 @@ from foldwise.workflows.commands.ablate.plan import (
 )
 from foldwise.workflows.commands.ablate.report import AblationResult, finish
 from foldwise.workflows.engine.cache import Cache
-from foldwise.workflows.engine.executor import LazyExecutor
 from foldwise.workflows.engine.idle import on_idle_thread
+from foldwise.workflows.engine.lazy import LazyExecutor
 from foldwise.workflows.errors import InputError, RunFailed, TaskFailed
 from foldwise.workflows.pipeline.dag import early_work, node_keys, submit_folds
 from foldwise.workflows.pipeline.failures import OpenRuns, closes_on_failure, describe_failure, marks_runs_failed

@@ -24,7 +24,8 @@ from foldwise.tasks.repeats import oof_by_repeat
 from foldwise.tasks.train import FoldResult
 from foldwise.workflows.commands.ablate.plan import BASELINE, AblationPlan, Variant, node_name
 from foldwise.workflows.engine.cache import Cache, key_of
-from foldwise.workflows.engine.executor import LazyExecutor, Slot
+from foldwise.workflows.engine.executor import Slot
+from foldwise.workflows.engine.lazy import LazyExecutor
 from foldwise.workflows.errors import TaskFailed
 from foldwise.workflows.pipeline.dag import Submitted, collect_folds, ensemble_node
 from foldwise.workflows.pipeline.inputs import Inputs
