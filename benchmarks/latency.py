@@ -5,11 +5,13 @@
    script doing the same with scikit-learn (`cross_val_predict(n_jobs=2)` for both models, then
    the blend weight chosen on OOF). foldwise with the default executor (`auto`: this small work
    runs in process) and with `--executor ray`; first command (fresh cache and MLflow store) and a
-   second command (same store, `--no-cache`: the same work again). Then `--executor ray` again from
-   a folder where `foldwise cluster up` runs (the warm local cluster: commands join its head).
+   second command (same store, `--no-cache`: the same work again). Then the default executor and
+   `--executor ray` again from a folder where `foldwise cluster up` runs (the warm local cluster:
+   commands fork from its warm command server and join its head), and the same with
+   FOLDWISE_WARM=0 (each command imports the stack itself, and joins the head).
 2. `foldwise check` of a train/test pair (50k train rows, 10k test rows, 40 columns) against a
    plain script fitting the same LightGBM adversarial folds with joblib (`n_jobs=2`); also from
-   the folder of the warm desktop cluster.
+   the folder of the warm desktop cluster, through its warm server and with FOLDWISE_WARM=0.
 
 Each figure is the whole process (interpreter, imports, Ray start-up if any, teardown), median of
 `--repeats` alternating rounds; beside it, foldwise's in-command wall (`summary.json`
@@ -20,6 +22,7 @@ command and the check also run with `FOLDWISE_EARLY_RAY=0` (Ray started at the f
 before): the early start's gain, in the same run.
 
 Usage: python benchmarks/latency.py [--repeats 3] [--out benchmarks/out] [--check-rows 50000]
+(a smoke test: --repeats 1 --check-rows 2000)
 """
 
 from __future__ import annotations
@@ -102,7 +105,8 @@ def main() -> None:
     (out / "readme_plain.py").write_text(README_SCRIPT)
     (out / "check_plain.py").write_text(CHECK_SCRIPT)
     exe = str(Path(sys.executable).with_name("foldwise"))
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "FOLDWISE_CACHE", "MLFLOW_TRACKING_URI")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "FOLDWISE_CACHE", "MLFLOW_TRACKING_URI", "FOLDWISE_WARM")}
     spec = str(REPO / "workflows" / "examples" / "breast_cancer.yaml")
 
     import pandas as pd
@@ -137,13 +141,29 @@ def main() -> None:
     ports = [str(free_port()) for _ in range(3)]
     up = subprocess.run([exe, "cluster", "up", "--ray-port", ports[0], "--dashboard-port", ports[1], "--mlflow-port",
                          ports[2]], cwd=desk, env=env, capture_output=True, text=True, timeout=300)
-    if up.returncode != 0:
-        raise SystemExit(f"foldwise cluster up failed:\n{up.stderr[-3000:]}")
     try:
+        if up.returncode != 0:
+            raise SystemExit(f"foldwise cluster up failed:\n{up.stderr[-3000:]}")
+        wait_warm(desk)
         rounds(args, out, desk, exe, env, spec, add)
     finally:
         subprocess.run([exe, "cluster", "down"], cwd=desk, env=env, capture_output=True, text=True, timeout=300)
     report(args, rows, inner, startup, ray_start)
+
+
+def wait_warm(desk: Path, timeout: float = 300) -> None:
+    """The warm command server imports for seconds after `up`; the warm rows need it listening."""
+    sock = desk / ".foldwise" / "cluster" / "warm.sock"
+    deadline = time.monotonic() + timeout
+    while not sock.exists():
+        if time.monotonic() > deadline:
+            log = desk / ".foldwise" / "cluster" / "warm-server.log"
+            raise SystemExit(f"the warm command server did not listen within {timeout:.0f} s:\n"
+                             f"{log.read_text()[-2000:] if log.exists() else '(no log)'}")
+        time.sleep(0.5)
+
+
+WARM = "running in the desktop cluster's warm server"
 
 
 def free_port() -> int:
@@ -173,12 +193,19 @@ def rounds(args, out: Path, desk: Path, exe: str, env: dict[str, str], spec: str
                             str(run_dir / "first")], run_dir, env | {"FOLDWISE_EARLY_RAY": "0"})
         add("foldwise run, executor ray: first command, Ray at the first task (FOLDWISE_EARLY_RAY=0)", wall,
             summary_of(proc, run_dir))
-        run_dir = desk / f"run-{r}"
-        run_dir.mkdir(exist_ok=True)
-        wall, proc = timed([exe, "run", spec, "--no-progress", "--executor", "ray", "--tracking-uri",
-                            f"sqlite:///{run_dir / 'mlflow.db'}", "--no-cache", "--out", str(run_dir / "o")], desk, env)
-        assert "joining the desktop cluster" in proc.stderr, proc.stderr[-2000:]
-        add("foldwise run, executor ray, warm desktop cluster (joined)", wall, summary_of(proc, desk))
+        for executor in ("auto", "ray"):
+            for warm in (True, False):  # through the warm server; FOLDWISE_WARM=0: this process imports the stack
+                run_dir = desk / f"run-{executor}-{'warm' if warm else 'nowarm'}-{r}"
+                run_dir.mkdir(exist_ok=True)
+                wall, proc = timed([exe, "run", spec, "--no-progress", "--executor", executor, "--tracking-uri",
+                                    f"sqlite:///{run_dir / 'mlflow.db'}", "--no-cache", "--out", str(run_dir / "o")], desk,
+                                   env if warm else env | {"FOLDWISE_WARM": "0"})
+                assert (WARM in proc.stderr) == warm, proc.stderr[-2000:]
+                if executor == "ray":
+                    assert "joining the desktop cluster" in proc.stderr, proc.stderr[-2000:]
+                how = "warm server" if warm else "FOLDWISE_WARM=0"
+                add(f"foldwise run, executor {executor}, desktop cluster folder ({how}"
+                    f"{', joined' if executor == 'ray' else ''})", wall, summary_of(proc, desk))
         add("plain adversarial script (joblib n_jobs=2)", timed([sys.executable, "check_plain.py", "train.csv",
                                                                   "test.csv"], out)[0])
         check_dir = out / f"check-{r}"
@@ -190,10 +217,14 @@ def rounds(args, out: Path, desk: Path, exe: str, env: dict[str, str], spec: str
                             "--tracking-uri", f"sqlite:///{out / 'check-lazy.db'}"], out, env | {"FOLDWISE_EARLY_RAY": "0"})
         add("foldwise check, Ray at the first task (FOLDWISE_EARLY_RAY=0)", wall,
             json.loads((check_dir / "summary.json").read_text()))
-        check_dir = desk / f"check-{r}"
-        wall, proc = timed([exe, "check", "check.yaml", "--no-progress", "--out", str(check_dir),
-                            "--tracking-uri", f"sqlite:///{desk / 'check.db'}"], desk, env)
-        add("foldwise check, warm desktop cluster (joined)", wall, json.loads((check_dir / "summary.json").read_text()))
+        for warm in (True, False):
+            check_dir = desk / f"check-{'warm' if warm else 'nowarm'}-{r}"
+            wall, proc = timed([exe, "check", "check.yaml", "--no-progress", "--out", str(check_dir),
+                                "--tracking-uri", f"sqlite:///{desk / 'check.db'}"], desk,
+                               env if warm else env | {"FOLDWISE_WARM": "0"})
+            assert (WARM in proc.stderr) == warm, proc.stderr[-2000:]
+            add(f"foldwise check, desktop cluster folder ({'warm server' if warm else 'FOLDWISE_WARM=0'})", wall,
+                json.loads((check_dir / "summary.json").read_text()))
 
 
 def report(args, rows: dict[str, list[float]], inner: dict[str, list[float]], startup: dict[str, list[float]],

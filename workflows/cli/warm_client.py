@@ -34,7 +34,7 @@ MAGIC = b"FWW1"
 # values would run the command with them: PYTHON* (paths, hash seed, io encoding), the BLAS/OpenMP
 # thread pools, Ray's constants, the visible GPUs, the dynamic loader, the locale (stdio encoding).
 SENSITIVE_PREFIXES = ("PYTHON", "OMP_", "MKL_", "OPENBLAS_", "RAY_", "LD_", "LC_")
-SENSITIVE_NAMES = ("CUDA_VISIBLE_DEVICES", "LANG", "MPLBACKEND")
+SENSITIVE_NAMES = ("CUDA_VISIBLE_DEVICES", "LANG", "MPLBACKEND", "MPLCONFIGDIR")
 # RAY_AUTH_MODE is re-read by the child (Ray's config is re-initialised from the client's
 # environment after the fork; Ray reads it per call otherwise), so it need not match.
 REREAD = ("RAY_AUTH_MODE",)
