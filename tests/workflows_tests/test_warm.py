@@ -122,6 +122,43 @@ def test_socket_and_folder_are_private_and_the_server_forks_with_one_thread(warm
     assert forks and all(line.endswith("threads at fork: 1)") for line in forks), warm.log()
 
 
+def on_a_terminal(warm: Warm, args: list[str], env: dict[str, str]) -> tuple[int, bytes]:
+    """A command whose stdout is a terminal (a pty): its exit code and what it wrote there."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        proc = subprocess.Popen([*foldwise_cmd(), *args], cwd=warm.base, env=warm.env | env, stdout=secondary,
+                                stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        os.close(secondary)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: every writer closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        stderr = proc.communicate(timeout=120)[1].decode()
+        assert (NOTE in stderr) == ("FOLDWISE_WARM" not in env), stderr
+        return proc.returncode, b"".join(chunks)
+    finally:
+        os.close(primary)
+
+
+def test_a_terminal_stays_a_terminal(warm: Warm) -> None:
+    """The child writes to the client's terminal itself: rich sees a tty and colours its table, as it
+    does for a command in its own process (and not when stdout is a pipe)."""
+    args = ["dag", str(SPEC), "--out", str(warm.base / "dag-tty")]
+    rc_warm, tty_warm = on_a_terminal(warm, args, {})
+    rc_cold, tty_cold = on_a_terminal(warm, args, {"FOLDWISE_WARM": "0"})
+    assert rc_warm == rc_cold == 0
+    assert b"\x1b[" in tty_warm and b"\x1b[" in tty_cold
+    piped = warm.foldwise(*args)
+    assert piped.returncode == 0 and "\x1b[" not in piped.stdout
+
+
 def test_a_run_through_the_server_matches_a_run_in_its_own_process(warm: Warm) -> None:
     out = {}
     for name, extra in (("warm", {}), ("cold", {"FOLDWISE_WARM": "0"})):
@@ -147,6 +184,19 @@ def test_a_run_through_the_server_matches_a_run_in_its_own_process(warm: Warm) -
     for stdout in (stdout_w, stdout_c):
         assert all(f"{model['cv_score']:.5f}" in stdout for model in sw["models"].values()), stdout
         assert "MLflow run" in stdout and "summary.json" in stdout
+
+
+def test_a_forked_command_starts_a_private_ray_with_address_local(warm: Warm) -> None:
+    """The server imported Ray (token mode on); its child re-reads Ray's config from the client's
+    environment and starts, uses and shuts down a Ray of its own."""
+    done = warm.foldwise("run", str(SPEC), "--set", "cv.folds=2", "--set", "models.1.params.n_estimators=20",
+                         "--no-progress", "--no-cache", "--executor", "ray", "--address", "local",
+                         "--out", str(warm.base / "private"), env={"MLFLOW_TRACKING_URI": f"sqlite:///{warm.base / 'p.db'}"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert NOTE in done.stderr and "joining" not in done.stderr
+    summary = json.loads((warm.base / "private" / "summary.json").read_text())
+    assert summary["executor"] == "ray" and summary["startup_seconds"] > 0
+    assert all(status == "FINISHED" for _, status in runs(warm.base / "p.db"))
 
 
 def test_bad_input_exits_2_with_its_line_on_the_clients_stderr_and_writes_nothing(warm: Warm) -> None:
