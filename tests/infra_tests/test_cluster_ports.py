@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def test_every_listening_socket_of_a_desktop_cluster_is_on_loopback(loopback_clu
 def test_commands_from_the_clusters_folder_fork_from_its_warm_server_and_join_it(loopback_cluster):
     """`cluster up` started the warm command server as a recorded service; a `foldwise run` from the
     cluster's folder runs in it (said on stderr) and its forked child joins the desktop cluster's head
-    (token auth, loopback switch); `up` again keeps the same server."""
+    (token auth, loopback switch); `up` again keeps the same server, or starts it again if it died."""
     base, env, state, up_stdout = loopback_cluster
     warm = [s for s in state["services"] if s["name"] == "warm"]
     assert len(warm) == 1 and "warm server" in up_stdout
@@ -172,10 +173,22 @@ def test_commands_from_the_clusters_folder_fork_from_its_warm_server_and_join_it
     kept = [s for s in json.loads((base / "c" / "cluster.json").read_text())["services"] if s["name"] == "warm"]
     assert kept == warm
 
+    # A warm server that died is started again by the next `up` (Ray and MLflow kept), and recorded.
+    os.kill(warm[0]["pid"], signal.SIGKILL)
+    psutil.wait_procs(process_tree(warm[0]["pid"]), timeout=10)
+    again = subprocess.run([*foldwise_cmd(), "cluster", "up", "--dir", str(base / "c"), *ports], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and "already up" in again.stderr, again.stderr
+    services = json.loads((base / "c" / "cluster.json").read_text())["services"]
+    assert [s for s in services if s["name"] != "warm"] == [s for s in state["services"] if s["name"] != "warm"]
+    restarted = [s for s in services if s["name"] == "warm"]
+    assert len(restarted) == 1 and restarted[0]["pid"] != warm[0]["pid"] and psutil.pid_exists(restarted[0]["pid"])
+
 
 def test_cluster_down_stops_it(loopback_cluster):
     base, env, state, _ = loopback_cluster
-    procs = [p for s in state["services"] for p in process_tree(s["pid"])]
+    recorded = json.loads((base / "c" / "cluster.json").read_text())["services"]  # a warm server `up` restarted too
+    procs = [p for s in (*state["services"], *recorded) for p in process_tree(s["pid"])]
     down = subprocess.run([*foldwise_cmd(), "cluster", "down", "--dir", str(base / "c")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert down.returncode == 0, down.stderr

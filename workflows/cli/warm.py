@@ -40,7 +40,7 @@ PRELOAD = ("foldwise.workflows.commands.run", "foldwise.workflows.commands.check
            "foldwise.workflows.commands.sweep.command", "foldwise.workflows.commands.ablate.command",
            *(f"foldwise.workflows.cli.{name}" for name in DELEGATED))
 REQUEST_TIMEOUT_S = 10.0  # a connected client sends its request at once
-STOP_GRACE_S = 20.0  # on SIGTERM: how long children get to stop cleanly before SIGKILL
+STOP_GRACE_S = 10.0  # on SIGTERM: how long children get to stop cleanly before SIGKILL (within `cluster down`'s 15 s)
 
 
 @dataclass(frozen=True)
