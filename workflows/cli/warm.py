@@ -195,6 +195,8 @@ class Server:
         reason = mismatch(self.me, raw.get("identity", {})) if isinstance(raw.get("identity"), dict) else "no identity"
         if reason is None and threads != 1:
             reason = f"it has {threads} threads, so forking it is unsafe"
+        if reason is None and not all(k in raw for k in ("argv", "sys_argv", "cwd", "env", "umask", "sys_path")):
+            reason = "the request lacks a field (another foldwise version?)"
         if reason is None and len(fds) != 3:
             reason = f"the request carried {len(fds)} fds, not 3"
         if reason is not None:
@@ -238,7 +240,7 @@ class Server:
         os.close(self.wake_r)
         os.close(self.wake_w)
         conn.close()
-        return Request(argv=list(raw["argv"]), sys_argv=list(raw.get("sys_argv") or ["foldwise"]), fds=fds,
+        return Request(argv=list(raw["argv"]), sys_argv=list(raw["sys_argv"]), fds=fds,
                        cwd=raw["cwd"], env=dict(raw["env"]), umask=int(raw["umask"]), path=list(raw["sys_path"]))
 
     def client_readable(self, conn: socket.socket, pid: int) -> None:
