@@ -270,7 +270,8 @@ def test_a_killed_client_gets_its_command_stopped_cleanly(warm: Warm) -> None:
     assert f"the client of pid {child} went away: SIGTERM to it" in warm.log()
 
 
-@pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "1"}, {"RAY_DEDUP_LOGS": "0"}])
+# Values nobody's environment holds (a suite run may have set RAY_DEDUP_LOGS=0 before the server started).
+@pytest.mark.parametrize("env", [{"OMP_NUM_THREADS": "3"}, {"RAY_FOLDWISE_TEST_SENTINEL": "1"}])
 def test_an_import_time_variable_the_server_lacks_runs_the_command_here(warm: Warm, env: dict[str, str]) -> None:
     done = warm.foldwise("run", "missing.yaml", env=env)
     assert done.returncode == 2

@@ -38,11 +38,14 @@ SENSITIVE_NAMES = ("CUDA_VISIBLE_DEVICES", "LANG", "MPLBACKEND", "MPLCONFIGDIR")
 # RAY_AUTH_MODE is re-read by the child (Ray's config is re-initialised from the client's
 # environment after the fork; Ray reads it per call otherwise), so it need not match.
 REREAD = ("RAY_AUTH_MODE",)
+# Values that mean the same as the variable being unset: importing Ray writes RAY_CLIENT_MODE=0 into
+# its process's environment, so every command a script or notebook starts after `import ray` has it.
+IMPORT_DEFAULTS = {("RAY_CLIENT_MODE", "0")}
 
 
 def sensitive_env(env: dict[str, str] | os._Environ) -> dict[str, str]:
     """The import-time-sensitive part of an environment (what a server and its client must share)."""
-    return {k: v for k, v in env.items() if k not in REREAD
+    return {k: v for k, v in env.items() if k not in REREAD and (k, v) not in IMPORT_DEFAULTS
             and (k.startswith(SENSITIVE_PREFIXES) or k.endswith("_NUM_THREADS") or k in SENSITIVE_NAMES)}
 
 
