@@ -31,20 +31,25 @@ def test_the_small_work_rule(monkeypatch) -> None:
     assert not small_work(tiny, None)
 
 
-@pytest.fixture()
-def project(tmp_path: Path) -> Path:
+def two_model_project(root: Path, name: str) -> Path:
+    """A 300-row binary table (+ a 50-row test file) and a logreg + LightGBM weights spec `<name>.yaml` in `root`."""
     rng = np.random.default_rng(3)
     frame = pd.DataFrame(rng.normal(size=(300, 4)), columns=list("abcd"))
     frame["y"] = (frame.a - frame.b + rng.normal(size=300) > 0).astype(int)
-    frame.to_csv(tmp_path / "d.csv", index=False)
-    frame.drop(columns="y").iloc[:50].to_csv(tmp_path / "t.csv", index=False)
-    spec = {"name": "auto", "data": {"train": "d.csv", "test": "t.csv", "target": "y"}, "cv": {"folds": 3, "seed": 5},
+    frame.to_csv(root / "d.csv", index=False)
+    frame.drop(columns="y").iloc[:50].to_csv(root / "t.csv", index=False)
+    spec = {"name": name, "data": {"train": "d.csv", "test": "t.csv", "target": "y"}, "cv": {"folds": 3, "seed": 5},
             "models": [{"name": "lr", "type": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression",
                         "preprocess": ["standard_scaler"]},
                        {"name": "gbm", "type": "lightgbm", "params": {"n_estimators": 20, "num_leaves": 7}}],
             "ensemble": {"method": "weights"}}
-    (tmp_path / "auto.yaml").write_text(yaml.safe_dump(spec))
-    return tmp_path
+    (root / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return root
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    return two_model_project(tmp_path, "auto")
 
 
 def _cli(project: Path, *args: str) -> subprocess.CompletedProcess:

@@ -23,7 +23,7 @@ from foldwise.workflows.commands.run import run_cv
 from foldwise.workflows.engine.cache import Cache
 from foldwise.workflows.engine.early import EARLY_ENV
 from foldwise.workflows.engine.lazy import LazyExecutor, Work
-from tests.workflows_tests.test_auto_executor import _records
+from tests.workflows_tests.test_auto_executor import _records, two_model_project
 
 BIG = Work(rows=100_000, features=40, fits=10)  # past the small-work rule: `auto` would use Ray
 TINY = Work(rows=300, features=4, fits=6)  # small
@@ -31,17 +31,9 @@ TINY = Work(rows=300, features=4, fits=6)  # small
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(3)
-    frame = pd.DataFrame(rng.normal(size=(300, 4)), columns=list("abcd"))
-    frame["y"] = (frame.a - frame.b + rng.normal(size=300) > 0).astype(int)
-    frame.to_csv(tmp_path / "d.csv", index=False)
-    frame.drop(columns="y").iloc[:50].to_csv(tmp_path / "t.csv", index=False)
-    spec = {"name": "early", "data": {"train": "d.csv", "test": "t.csv", "target": "y"}, "cv": {"folds": 3, "seed": 5},
-            "models": [{"name": "lr", "type": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression",
-                        "preprocess": ["standard_scaler"]},
-                       {"name": "gbm", "type": "lightgbm", "params": {"n_estimators": 20, "num_leaves": 7}}],
-            "ensemble": {"method": "weights"}}
-    (tmp_path / "early.yaml").write_text(yaml.safe_dump(spec))
+    two_model_project(tmp_path, "early")
+    frame = pd.read_csv(tmp_path / "d.csv")
+    spec = yaml.safe_load((tmp_path / "early.yaml").read_text())
     frame.assign(id=np.arange(300)).to_csv(tmp_path / "d_id.csv", index=False)
     test = frame.drop(columns="y").iloc[:50].assign(id=np.arange(50) // 2)  # duplicate ids: a blocking data check
     test.to_csv(tmp_path / "t_dup.csv", index=False)
