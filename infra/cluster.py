@@ -206,11 +206,8 @@ def start_warm(directory: Path) -> Service:
     """The warm server on DIR/warm.sock, in its own session, logging to DIR/warm-server.log. It gets
     this process's environment as it is (not the head's): commands compare theirs with it."""
     log_file = directory / "warm-server.log"
-    # Importing Ray (to read its token, above) put RAY_CLIENT_MODE=0 in this process's environment;
-    # the user's shell, where the commands start, has no such variable.
-    env = {k: v for k, v in os.environ.items() if k != "RAY_CLIENT_MODE"}
     with open(log_file, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", WARM_MODULE, str(directory)], env=env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", WARM_MODULE, str(directory)], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory, start_new_session=True)
     return service(WARM, proc.pid, log_file)
 
